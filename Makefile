@@ -1,0 +1,70 @@
+# IATI Refresher on Airflow — the commands a newcomer runs.
+#   make run    the whole pipeline once, offline, on embedded defaults (sample registry)
+#   make test   the whole test suite (installs everything it needs first)
+#   make up     the Airflow UI and scheduler locally (http://127.0.0.1:8080, admin / admin)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+unexport PYTHONDONTWRITEBYTECODE
+STAMP := $(VENV)/.deps-stamp
+SCHEMAS := include/iati_refresher/validation/schemas/SOURCE.txt
+AZURITE := tools/node_modules/.bin/azurite-blob
+
+.PHONY: deps run test test-fast up down lint lock ui-check bench conformance clean services
+
+deps: $(STAMP) $(SCHEMAS) $(AZURITE)
+
+# The venv: uv from PyPI once, then the committed lock, compiled to bytecode (Airflow
+# imports ~2x faster in every task and test process).
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m uv --version >/dev/null 2>&1 || { $(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null; \
+	  $(PY) -m pip install -q "uv==0.13.9"; }
+	UV_COMPILE_BYTECODE=1 $(PY) -m uv pip sync -q -p $(PY) requirements.lock
+	$(PY) -m uv pip install -q -p $(PY) --no-deps -e .
+	@touch $(STAMP)
+
+$(SCHEMAS): $(STAMP)
+	$(PY) -m iati_refresher.validation.fetch_schemas
+
+$(AZURITE): tools/package.json tools/package-lock.json
+	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(AZURITE)
+
+services:
+	@scripts/ensure-postgres.sh
+
+test: deps services
+	$(PY) -m pytest -q
+
+test-fast: deps services
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+run: deps
+	$(PY) scripts/run_sample.py
+
+up: deps
+	scripts/airflow-local.sh start
+
+down:
+	scripts/airflow-local.sh stop
+
+ui-check: deps
+	scripts/ui-check.sh
+
+lint: deps
+	$(VENV)/bin/ruff check dags include plugins tests bench scripts
+
+lock:
+	$(PY) -m uv pip compile -q --python-version 3.11 requirements-dev.txt -o requirements.lock
+
+bench: deps
+	$(PY) bench/stages.py ../shared/corpus
+
+conformance: deps
+	$(PY) bench/conformance.py ../shared/conformance
+
+clean:
+	rm -rf .run .airflow $(VENV) tools/node_modules

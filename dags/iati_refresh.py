@@ -1,0 +1,155 @@
+"""
+# iati_refresh — keep the IATI datastore fresh
+
+Every 15 minutes: **migrate** the refresher database → **sync** the registry (IATI Bulk
+Data Service index, skipped cheaply when its ETag is unchanged) → **download** changed
+datasets → publisher **safety check** → **validate** → **clean** → **flatten** →
+**lakify** → **index** into Solr → **summary**.  Each document stage is mapped over
+batches of documents ready for it; each mapped instance is named after its first dataset.
+
+## What healthy looks like
+* Runs are green and short when the registry did not change (sync says "unchanged").
+* The **summary** task's log shows a table per stage (documents, ok, skipped, failed,
+  backlog).  Skipped and failed *documents* are normal (broken publisher files, 404s,
+  schema-invalid data): they are recorded per document, retried with backoff where that can
+  help, and parked as "gave up" after `REFRESHER_MAX_ATTEMPTS`.  The run only fails when
+  more than `REFRESHER_RUN_FAILURE_SHARE` of the documents failed, or the sync was refused.
+* A red **sync** summary line "refused: …" means the registry lost more than half of the
+  known publishers or datasets: nothing was deleted. Check the Bulk Data Service first.
+
+## When something is red
+* A failed mapped batch: open its log (the map index name is the first dataset in the
+  batch); clear the instance to retry it — documents already done are not redone.
+* `summary` failed: its log lists the failure codes; see the status page
+  (*Browse → IATI datasets*) or `refresher status DATASET`.
+* `migrate` failed: the database is at an unexpected migration; run `refresher db current`.
+
+## Re-run one dataset
+Trigger **iati_reprocess** with the dataset's name or id, the stage to start from, and
+`dry_run` off (a dry run first shows what would be reset).  Unflag a publisher with
+**iati_unflag_publisher**.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, TriggerRule, dag, get_current_context, task
+
+from iati_refresher.alerts import on_failure
+
+REGISTRY_CHANGES = Asset(name="iati_registry_changes", uri="iati://registry/changes")
+
+# Per external system: a pool.  CPU-bound stages share one pool sized to the workers.
+POOLS = {
+    "download": "iati_publishers",
+    "validate": "iati_validator",
+    "clean": "refresher_cpu",
+    "flatten": "refresher_cpu",
+    "lakify": "refresher_cpu",
+    "index": "solr",
+}
+STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
+
+
+@dag(
+    dag_id="iati_refresh",
+    schedule="*/15 * * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["iati", "refresher"],
+    default_args={
+        "owner": "iati-refresher",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(hours=2),
+    },
+    on_failure_callback=on_failure,
+)
+def iati_refresh():
+    @task
+    def migrate_database() -> dict:
+        from iati_refresher import pipeline
+
+        return pipeline.migrate_database()
+
+    @task
+    def sync_registry() -> dict:
+        from iati_refresher import pipeline
+
+        context = get_current_context()
+        return pipeline.sync_registry(context["run_id"])
+
+    @task(outlets=[REGISTRY_CHANGES])
+    def announce_registry_changes(sync: dict) -> dict:
+        """An asset event for subscribers, only when datasets were added, updated or removed."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from iati_refresher import pipeline
+
+        changes = pipeline.registry_change_counts(sync)
+        if not any(changes.values()):
+            raise AirflowSkipException("no registry changes")
+        get_current_context()["outlet_events"][REGISTRY_CHANGES].extra = changes
+        return changes
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)  # also when no download batch ran
+    def safety_check() -> dict:
+        from iati_refresher import alerts, pipeline
+
+        return pipeline.safety_check(send_slack=alerts.slack_sender())
+
+    def plan(stage: str):
+        @task(task_id=f"plan_{stage}", trigger_rule=TriggerRule.ALL_DONE)
+        def plan_batches() -> list[dict]:
+            from iati_refresher import pipeline
+
+            return pipeline.plan_batches(stage)
+
+        return plan_batches()
+
+    def run(stage: str, batches):
+        @task(
+            task_id=stage,
+            pool=POOLS[stage],
+            map_index_template="{{ batch_label }}",
+            retries=2,
+            on_failure_callback=None,
+        )
+        def run_batch(batch: dict) -> dict:
+            from iati_refresher import pipeline
+
+            context = get_current_context()
+            context["batch_label"] = batch["label"]
+            return pipeline.run_batch(batch, run_id=context["run_id"], dag_id=context["dag"].dag_id)
+
+        return run_batch.expand(batch=batches)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)  # a verdict, not a flaky call: never retried
+    def summary(sync: dict | None) -> dict:
+        from iati_refresher import metrics, pipeline
+
+        metrics.emit_pipeline_gauges()
+        return pipeline.summarise_run(get_current_context()["run_id"], sync)
+
+    migrated = migrate_database()
+    synced = sync_registry()
+    migrated >> synced
+    announce_registry_changes(synced)
+    previous = synced
+    for stage in STAGES:
+        batches = plan(stage)
+        previous >> batches
+        if stage == "validate":
+            checked = safety_check()
+            previous >> checked >> batches
+        previous = run(stage, batches)
+    previous >> summary(synced)
+
+
+iati_refresh()

@@ -1,0 +1,1 @@
+"""Airflow hooks (provider shape) that build the package's plain clients from connections."""

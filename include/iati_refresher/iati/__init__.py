@@ -1,0 +1,1 @@
+"""IATI XML helpers: safe parsing, encodings, identifier normalisation, hashing."""

@@ -1,0 +1,737 @@
+"""What the DAG tasks call: each function is one task body's worth of work.
+
+This is the only module that combines the database, the clients and the stage
+functions.  Every function opens its own database connection (tasks run in separate
+processes), checks the schema version first, and returns plain JSON-able values (they
+travel through XCom).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from iati_refresher import connections, workers
+from iati_refresher.db import migrate
+from iati_refresher.db import repository as repo
+from iati_refresher.db.connection import connect, resolve_conninfo
+from iati_refresher.outcomes import Outcome
+from iati_refresher.settings import Settings, get_settings
+from iati_refresher.storage import BlobStore, blob_config_for, open_blob_store
+
+log = logging.getLogger(__name__)
+# The Azure SDK logs every request and response header at INFO, httpx one line per request
+# (downloads, Solr, the validator): far too loud for task logs.
+for _noisy in ("azure", "httpx", "httpcore"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+STAGES = repo.STAGES
+# How each stage's per-document work is pooled: CPU-bound stages in processes.
+POOL_KIND = {
+    "download": "thread",
+    "validate": "process",
+    "clean": "process",
+    "flatten": "process",
+    "lakify": "process",
+    "index": "process",
+}
+DOWNLOAD_THREADS = 8
+
+
+class RunUnhealthy(RuntimeError):
+    """The run's failures crossed the threshold: the summary task fails the run."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@contextmanager
+def database(settings: Settings | None = None, *, check_schema: bool = True):
+    settings = settings or get_settings()
+    conn = connect(resolve_conninfo())
+    try:
+        if check_schema:
+            migrate.require(conn, migrate.latest_number(settings.migrations_dir))
+        yield conn
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# migrate
+# ---------------------------------------------------------------------------------------
+
+
+def migrate_database(target: int | None = None, settings: Settings | None = None) -> dict[str, Any]:
+    """Bring the database to this code's migration and make sure the blob containers exist."""
+    settings = settings or get_settings()
+    with database(settings, check_schema=False) as conn:
+        before, after = migrate.migrate(conn, settings.migrations_dir, target)
+    log.info("refresher database: migration %s → %s", before, after)
+    config = blob_config_for(settings)
+    open_blob_store(config).ensure_containers(containers(settings))
+    return {"from": before, "to": after, "storage": config.describe()}
+
+
+def containers(settings: Settings) -> list[str]:
+    return [settings.source_container, settings.clean_container, settings.lake_container,
+            settings.flat_container, settings.adhoc_container]
+
+
+# ---------------------------------------------------------------------------------------
+# registry sync
+# ---------------------------------------------------------------------------------------
+
+
+def sync_registry(run_id: str | None, settings: Settings | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Fetch the registry and apply it.  Returns the sync counts (``refused`` when a gate
+    stopped it; ``skipped_unchanged`` when the index ETag did not change)."""
+    from iati_refresher.clients import registry_for, solr_for
+    from iati_refresher.registry.base import RegistryInconsistent, RegistryUnavailable
+    from iati_refresher.stages.sync import SyncResult, sync_snapshot
+
+    settings = settings or get_settings()
+    source = registry_for(settings)
+    source_name = settings.registry_source
+    with database(settings) as conn:
+        state = repo.registry_state(conn, source_name)
+        conn.rollback()
+        previous_etag = None if force or state is None else state["etag"]
+        try:
+            snapshot = source.fetch(previous_etag)
+        except (RegistryInconsistent, RegistryUnavailable) as exc:
+            repo.save_registry_state(conn, source_name, etag=None, index_created=None, synced=False,
+                                     result=f"skipped: {exc}")
+            conn.commit()
+            log.warning("registry sync skipped: %s", exc)
+            return {**SyncResult(source=source_name).counts(), "skipped_reason": str(exc)}
+        if snapshot is None:
+            repo.save_registry_state(conn, source_name, etag=previous_etag, index_created=None, synced=False,
+                                     result="unchanged index (ETag)")
+            conn.commit()
+            return {**SyncResult(source=source_name, skipped_unchanged=True).counts()}
+        blobs = open_blob_store(blob_config_for(settings))
+        solr = solr_for(settings)
+        result = sync_snapshot(
+            conn,
+            snapshot,
+            seen_at=utcnow(),
+            run_id=run_id,
+            publisher_safety_share=settings.publisher_safety_share,
+            document_safety_share=settings.document_safety_share,
+            remove_version=lambda doc_id, old_hash: remove_version_blobs(conn, blobs, settings, doc_id, old_hash),
+            remove_dataset=lambda doc_id, hash_: remove_dataset_everywhere(conn, blobs, solr, settings, doc_id, hash_),
+        )
+        repo.save_registry_state(
+            conn, source_name, etag=snapshot.etag, index_created=snapshot.index_created,
+            synced=result.refused is None, result=result.refused or "synced",
+        )
+        conn.commit()
+    counts = result.counts()
+    if result.rejected:
+        counts["rejected_records"] = result.rejected[:50]
+    if result.cleanup_errors:
+        counts["cleanup_error_messages"] = result.cleanup_errors[:20]
+    log.info("registry sync: %s", {k: v for k, v in counts.items() if not isinstance(v, list)})
+    return counts
+
+
+def registry_change_counts(sync: dict[str, Any]) -> dict[str, int]:
+    return {k: int(sync.get(k) or 0) for k in ("added", "updated", "removed")}
+
+
+def _shared_hash(conn: psycopg.Connection, hash_: str, doc_id: str) -> bool:
+    shared = repo.documents_sharing_hash(conn, hash_, doc_id) > 0
+    conn.rollback()
+    return shared
+
+
+def remove_version_blobs(
+    conn: psycopg.Connection, blobs: BlobStore, settings: Settings, doc_id: str, hash_: str
+) -> None:
+    """Delete one old version's files: source and clean (unless another dataset has the
+    same content, so the same blob name) and its flattened output."""
+    if hash_ and not _shared_hash(conn, hash_, doc_id):
+        blobs.delete(settings.source_container, [f"{hash_}.xml"])
+        blobs.delete(settings.clean_container, [f"{hash_}.xml"])
+    blobs.delete(settings.flat_container, [f"{doc_id}/{hash_}.jsonl"])
+
+
+def remove_dataset_everywhere(
+    conn: psycopg.Connection, blobs: BlobStore, solr: Any, settings: Settings, doc_id: str, hash_: str
+) -> None:
+    """A dataset left the registry: remove it from Solr, the lake and the blob containers."""
+    if solr is not None:
+        from iati_refresher.stages.index import unindex_document
+
+        unindex_document(doc_id, solr, settings)
+    remove_version_blobs(conn, blobs, settings, doc_id, hash_)
+    blobs.delete_prefix(settings.lake_container, f"{doc_id}/")
+    blobs.delete_prefix(settings.flat_container, f"{doc_id}/")
+
+
+# ---------------------------------------------------------------------------------------
+# per-document stages
+# ---------------------------------------------------------------------------------------
+
+
+def stage_available(stage: str, settings: Settings) -> str | None:
+    """Why ``stage`` cannot run in this deployment (None when it can)."""
+    if stage == "index":
+        from iati_refresher.clients import solr_for
+
+        if solr_for(settings) is None:
+            return "no Solr connection ('solr') is configured: indexing skipped"
+    return None
+
+
+def plan_batches(stage: str, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """The batches of documents ready for ``stage`` now (each becomes one mapped task)."""
+    settings = settings or get_settings()
+    if stage_available(stage, settings):
+        return []
+    limit = settings.batch_size * settings.max_batches_per_stage
+    with database(settings) as conn:
+        docs = repo.ready_documents(conn, stage, limit=limit, safety_period_s=settings.safety_check_period_s)
+        conn.rollback()
+    batches = []
+    for chunk in chunk_documents(docs, settings.batch_size, settings.batch_max_bytes):
+        if len(batches) == settings.max_batches_per_stage:
+            break  # the rest waits for the next run: the map stays far below Airflow's max_map_length
+        first = chunk[0]["name"] or chunk[0]["id"]
+        label = first if len(chunk) == 1 else f"{first} +{len(chunk) - 1}"
+        batches.append({"stage": stage, "ids": [d["id"] for d in chunk], "label": label,
+                        "key": f"{len(batches):04d}"})
+    return batches
+
+
+def chunk_documents(
+    docs: Sequence[dict[str, Any]], max_documents: int, max_bytes: int
+) -> list[list[dict[str, Any]]]:
+    """Cut ``docs`` (in order) into batches of at most ``max_documents`` documents and, where
+    sizes are known (``source_bytes``), at most ``max_bytes`` bytes.
+
+    Each mapped task instance costs Airflow a task start and the stage a worker pool, so
+    many small files share one; a file larger than ``max_bytes`` gets a batch of its own.
+    """
+    chunks: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for doc in docs:
+        doc_bytes = int(doc.get("source_bytes") or 0)
+        if current and (len(current) >= max_documents or size + doc_bytes > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(doc)
+        size += doc_bytes
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class ClaimKeeper:
+    """Renews a batch's claims every third of the lease while the batch works on them.
+
+    A batch may take longer than ``claim_ttl_s`` (a slow Validator, big files): without
+    renewal its documents would be handed to another run while still being processed.
+    The renewals stop with the batch, and with its process if that is killed, so a dead
+    worker's claims still expire after one lease.  The keeper opens its own connection,
+    and only once a renewal is due (most batches end before that).
+    """
+
+    def __init__(self, conninfo: str, ids: Sequence[str], owner: str, ttl_s: int):
+        self.conninfo, self.ids, self.owner, self.ttl_s = conninfo, list(ids), owner, ttl_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"claims-{owner}", daemon=True)
+
+    def start(self) -> ClaimKeeper:
+        if self.ids:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        conn: psycopg.Connection | None = None
+        try:
+            while not self._stop.wait(max(0.1, self.ttl_s / 3)):
+                try:
+                    conn = conn or connect(self.conninfo)
+                    held = repo.renew_claims(conn, self.ids, self.owner, self.ttl_s)
+                    conn.commit()
+                except psycopg.Error as exc:  # the batch's own connection will report it too
+                    log.warning("could not renew the claims of %s: %s", self.owner, exc)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    continue
+                if held < len(self.ids):
+                    log.warning("%s holds %d of its %d claims: the others expired and were taken",
+                                self.owner, held, len(self.ids))
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def run_batch(
+    batch: dict[str, Any],
+    *,
+    run_id: str,
+    dag_id: str,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Claim the batch's documents, run the stage on each, record every outcome.
+
+    Only documents still ready when claimed are processed (another run may have done them).
+    A document's markers are written only after its output is stored.
+    """
+    settings = settings or get_settings()
+    stage = batch["stage"]
+    owner = f"{run_id}:{stage}:{batch.get('key', '')}"
+    started = utcnow()
+    counts = {"documents_in": 0, "documents_ok": 0, "documents_skipped": 0, "documents_failed": 0,
+              "activities": 0, "bytes": 0}
+    codes: dict[str, int] = {}
+    with database(settings) as conn:
+        claimed = repo.claim(conn, batch["ids"], stage, owner, settings.claim_ttl_s)
+        docs = repo.ready_documents(conn, stage, ids=claimed, owner=owner,
+                                    safety_period_s=settings.safety_check_period_s)
+        ready_ids = {d["id"] for d in docs}
+        repo.release(conn, [i for i in claimed if i not in ready_ids], owner)
+        repo.mark_started(conn, stage, docs)
+        conn.commit()
+        counts["documents_in"] = len(docs)
+        keeper = ClaimKeeper(resolve_conninfo(), [d["id"] for d in docs], owner, settings.claim_ttl_s).start()
+        try:
+            pending = _prepare(conn, stage, docs)
+            counts["documents_ok"] += len(docs) - len(pending)  # settled without a worker (reused report)
+            for doc, raw in _execute(stage, pending, settings):
+                outcome = Outcome.from_dict(raw)
+                _apply(conn, stage, doc, outcome, settings, run_id)
+                conn.commit()
+                counts[f"documents_{outcome.status}" if outcome.status != "failed" else "documents_failed"] += 1
+                counts["activities"] += int(outcome.data.get("activities") or 0)
+                counts["bytes"] += int(outcome.data.get("bytes") or 0)
+                if outcome.code and outcome.status != "ok":
+                    codes[outcome.code] = codes.get(outcome.code, 0) + 1
+        finally:
+            keeper.stop()
+            conn.rollback()
+            repo.release(conn, [d["id"] for d in docs], owner)
+            repo.record_telemetry(conn, {"run_id": run_id, "dag_id": dag_id, "stage": stage,
+                                         "batch": batch.get("key", ""), "started_at": started,
+                                         "finished_at": utcnow(), **counts})
+            conn.commit()
+    log.info("%s batch %s: %s %s", stage, batch.get("label"), counts, codes or "")
+    return {**counts, "stage": stage, "codes": codes}
+
+
+def _prepare(conn: psycopg.Connection, stage: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add what the workers need from the database, and settle what needs no worker."""
+    prepared = []
+    # One query per batch, not per document.
+    previous_reports = (
+        repo.latest_reports_for_hashes(conn, [d["hash"] for d in docs if not d["regenerate_validation_report"]])
+        if stage == "validate" else {}
+    )
+    reports = repo.validation_reports(conn, [d["validation"] for d in docs]) if stage == "clean" else {}
+    conn.rollback()
+    for doc in docs:
+        doc = {k: v for k, v in doc.items() if k != "black_flag" or v is not None}
+        if stage == "validate" and not doc["regenerate_validation_report"]:
+            previous = previous_reports.get(doc["hash"])
+            # Identical content was validated before: reuse that report, don't recompute it.
+            if previous is not None and (doc["file_schema_valid"] is not None or previous["valid"]):
+                schema_valid = True if previous["valid"] else doc["file_schema_valid"]
+                repo.reuse_validation(conn, doc, previous["id"], schema_valid)
+                repo.record_outcomes(conn, stage, [{"document_id": doc["id"], "hash": doc["hash"], "status": "ok",
+                                                    "code": "report_reused",
+                                                    "message": f"report {previous['id']} for identical content"}],
+                                     run_id=None, max_attempts=1, base_delay_s=0, max_delay_s=0)
+                conn.commit()
+                continue
+        if stage == "clean":
+            row = reports.get(doc["validation"])
+            doc["report"] = row["report"] if row else None
+        prepared.append(doc)
+    return prepared
+
+
+def _execute(stage: str, docs: list[dict[str, Any]], settings: Settings):
+    if not docs:
+        return iter(())
+    resolved = connections.resolve_all()
+    kind = POOL_KIND[stage]
+    if stage == "validate" and resolved.get(connections.VALIDATOR) is not None:
+        kind = "thread"  # a remote validator: the work is waiting on the network
+    size = DOWNLOAD_THREADS if stage == "download" else settings.process_pool_size
+    # Datetimes travel to spawned workers fine; jsonb values are plain dicts/lists.
+    return workers.run_pool(workers.STAGE_WORKERS[stage], docs, settings, kind=kind, size=size, resolved=resolved)
+
+
+# A new version excluded by one of these rules will never be indexed: the old version's
+# Solr documents must not stay searchable as if they were the dataset's current content.
+EXCLUDES_FROM_DATASTORE = {
+    ("validate", "too_large"),
+    ("clean", "no_valid_activities"),
+    ("clean", "not_iati"),
+    ("clean", "version_1x"),
+    ("clean", "organisation_file"),
+    ("clean", "doctype_refused"),
+}
+
+
+def withdraw_old_version(conn: psycopg.Connection, doc: dict[str, Any], settings: Settings) -> None:
+    """Remove a dataset's older version from Solr once its current version is excluded.
+
+    The database forgets the indexed version first; if Solr cannot be reached now, the
+    reconciliation DAG removes the documents (they no longer match an indexed version).
+    """
+    if not doc.get("solr_indexed_hash"):
+        return
+    repo.mark_unindexed(conn, doc["id"])
+    conn.commit()
+    from iati_refresher.clients import solr_for
+    from iati_refresher.solr_client import SolrError
+    from iati_refresher.stages.index import unindex_document
+
+    solr = solr_for(settings)
+    if solr is None:
+        return
+    try:
+        unindex_document(doc["id"], solr, settings)
+    except SolrError as exc:
+        log.warning("%s: old version not yet removed from Solr (%s); reconciliation will", doc["id"], exc)
+
+
+def _apply(
+    conn: psycopg.Connection, stage: str, doc: dict[str, Any], outcome: Outcome, settings: Settings, run_id: str
+) -> None:
+    """Write one outcome: the reference's columns first, then our stage record."""
+    data = outcome.data
+    ok = outcome.status == "ok"
+    if stage == "download":
+        repo.finish_download(conn, [{
+            "id": doc["id"], "hash": doc["hash"], "ok": ok,
+            "download_error": data.get("download_error"),
+            "etag": data.get("etag"), "last_modified": data.get("last_modified"),
+            "bytes": data.get("bytes"), "encoding": data.get("encoding"),
+        }])
+    elif stage == "validate":
+        if outcome.code == "source_missing":
+            repo.mark_not_downloaded(conn, doc["id"], doc["hash"])
+        elif data.get("report") is not None:
+            repo.save_validation(conn, doc, data["report"], api_error=data.get("api_error"),
+                                 schema_valid=data.get("schema_valid"))
+        else:
+            repo.set_schema_result(conn, doc["id"], doc["hash"], valid=data.get("schema_valid"),
+                                   api_error=data.get("api_error"))
+    elif stage == "clean":
+        if outcome.code == "source_missing":
+            repo.mark_not_downloaded(conn, doc["id"], doc["hash"])
+        else:
+            # Organisation and 1.x files stop here without a clean_error, as in the reference.
+            error = None if ok or outcome.code in ("organisation_file", "version_1x", "not_iati") else outcome.message
+            repo.finish_clean(conn, doc, ok=ok, error=error)
+    elif stage == "flatten":
+        activities = int(data.get("activities") or 0)
+        manifest = data.get("manifest") if activities else []
+        repo.finish_flatten(conn, doc, ok=ok, manifest=manifest, activities=activities if ok else None)
+    elif stage == "lakify":
+        repo.finish_lakify(conn, doc, ok=ok, error=None if ok else (outcome.message or outcome.code))
+    elif stage == "index":
+        if outcome.code == "lake_missing":
+            repo.reset_lakify(conn, doc["id"], doc["hash"])
+        repo.finish_index(conn, doc, ok=ok, error=None if ok else f"{outcome.code}: {outcome.message}",
+                          activities=data.get("activities"))
+    if outcome.status == "skipped" and (stage, outcome.code) in EXCLUDES_FROM_DATASTORE:
+        withdraw_old_version(conn, doc, settings)
+    # A vanished source file was queued for download again just above: the stage must run
+    # again once the file is back, not stay parked.
+    retryable = outcome.retryable or outcome.code == "source_missing"
+    repo.record_outcomes(
+        conn, stage,
+        [{"document_id": doc["id"], "hash": doc["hash"], "status": outcome.status, "code": outcome.code,
+          "message": outcome.message, "retryable": retryable}],
+        run_id=run_id, max_attempts=settings.max_attempts, base_delay_s=settings.retry_base_delay_s,
+        max_delay_s=settings.retry_max_delay_s,
+    )
+    # A reindex / regenerate request that ended for good is answered: it must not revive
+    # the document on every run.
+    repo.settle_request(conn, stage, doc["id"], doc["hash"])
+
+
+# ---------------------------------------------------------------------------------------
+# publisher safety check
+# ---------------------------------------------------------------------------------------
+
+
+def safety_check(
+    settings: Settings | None = None, *, send_slack: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Read unflag requests, flag flooding publishers, notify each new flag once."""
+    from iati_refresher import notify
+    from iati_refresher.stages.safety import apply_unflag_requests, notify_flagged
+
+    settings = settings or get_settings()
+    with database(settings) as conn:
+        queue = notify.unflag_queue_for(settings)
+        unflagged: list[str] = []
+        if queue is not None:
+            def unflag(org_id: str) -> list[str]:
+                org_ids = repo.unflag_publisher(conn, org_id)
+                conn.commit()
+                return org_ids
+
+            unflagged = apply_unflag_requests(queue, unflag)
+        flagged = repo.flag_publishers(conn, settings.safety_check_threshold, settings.safety_check_period_s)
+        conn.commit()
+        pending = repo.publishers_to_notify(conn)
+        conn.rollback()
+        notified = (
+            notify_flagged(pending, send_slack, notify.commshub_for(settings), settings=settings) if pending else []
+        )
+        for org_id in notified:
+            repo.mark_notified(conn, org_id)
+        conn.commit()
+    return {"unflagged": unflagged, "flagged": flagged, "notified": notified}
+
+
+def unflag_publisher(publisher: str, settings: Settings | None = None) -> list[str]:
+    with database(settings) as conn:
+        org_ids = repo.unflag_publisher(conn, publisher)
+        conn.commit()
+    return org_ids
+
+
+# ---------------------------------------------------------------------------------------
+# run summary
+# ---------------------------------------------------------------------------------------
+
+
+def summarise_run(run_id: str, sync: dict[str, Any] | None, settings: Settings | None = None) -> dict[str, Any]:
+    """Per-stage counts of this run, backlogs and parked documents; fails past the threshold."""
+    settings = settings or get_settings()
+    with database(settings) as conn:
+        stages = {r["stage"]: r for r in repo.run_summary(conn, run_id)}
+        backlog = repo.stage_backlogs(conn, safety_period_s=settings.safety_check_period_s)
+        parked = repo.parked_counts(conn)
+        conn.rollback()
+    rows = []
+    for stage in STAGES:
+        r = stages.get(stage)
+        note = stage_available(stage, settings) or ""
+        rows.append({
+            "stage": stage,
+            "documents": int(r["documents_in"]) if r else 0,
+            "ok": int(r["documents_ok"]) if r else 0,
+            "skipped": int(r["documents_skipped"]) if r else 0,
+            "failed": int(r["documents_failed"]) if r else 0,
+            "activities": int(r["activities"]) if r else 0,
+            "seconds": round(float(r["duration_s"] or 0), 1) if r else 0.0,
+            "backlog": backlog.get(stage, 0),
+            "note": note,
+        })
+    processed = sum(r["documents"] for r in rows)
+    failed = sum(r["failed"] for r in rows)
+    summary = {"run_id": run_id, "sync": sync or {}, "stages": rows,
+               "parked": [dict(p) for p in parked], "processed": processed, "failed": failed}
+    problems = []
+    if sync and sync.get("refused"):
+        problems.append(f"registry sync {sync['refused']}")
+    if failed >= settings.run_failure_min_count and failed > settings.run_failure_share * max(processed, 1):
+        problems.append(f"{failed} of {processed} document stages failed (threshold "
+                        f"{settings.run_failure_share:.0%} and at least {settings.run_failure_min_count})")
+    summary["problems"] = problems
+    log.info("run summary\n%s", format_summary(summary))
+    if problems:
+        raise RunUnhealthy("; ".join(problems))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = []
+    sync = summary.get("sync") or {}
+    if sync:
+        if sync.get("skipped_unchanged"):
+            lines.append("sync      registry index unchanged (ETag): nothing to sync")
+        elif sync.get("refused"):
+            lines.append(f"sync      {sync['refused']}")
+        elif sync.get("skipped_reason"):
+            lines.append(f"sync      skipped: {sync['skipped_reason']}")
+        else:
+            lines.append(
+                f"sync      {sync.get('publishers', 0)} publishers; datasets +{sync.get('added', 0)} "
+                f"~{sync.get('updated', 0)} -{sync.get('removed', 0)} ={sync.get('unchanged', 0)}"
+                f"{'; rejected ' + str(sync['rejected']) if sync.get('rejected') else ''}"
+            )
+    lines.append(f"{'stage':9} {'docs':>5} {'ok':>5} {'skip':>5} {'fail':>5} {'activities':>10} "
+                 f"{'seconds':>8} {'backlog':>7}")
+    for r in summary["stages"]:
+        lines.append(f"{r['stage']:9} {r['documents']:>5} {r['ok']:>5} {r['skipped']:>5} {r['failed']:>5} "
+                     f"{r['activities']:>10} {r['seconds']:>8} {r['backlog']:>7}  {r['note']}")
+    for p in summary.get("parked", []):
+        lines.append(f"parked    {p['stage']}/{p['outcome']}/{p['code']}: {p['n']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# operator re-runs
+# ---------------------------------------------------------------------------------------
+
+
+def select_for_reprocess(
+    datasets: Sequence[str], publishers: Sequence[str], settings: Settings | None = None
+) -> list[dict[str, Any]]:
+    if not datasets and not publishers:
+        raise ValueError("give at least one dataset (id or name) or publisher (org id or name)")
+    with database(settings) as conn:
+        rows = repo.find_documents(conn, ids_or_names=list(datasets), publishers=list(publishers))
+        conn.rollback()
+    return [{"id": r["id"], "name": r["name"], "publisher": r["publisher_name"], "hash": r["hash"]} for r in rows]
+
+
+def reset_for_reprocess(
+    ids: Sequence[str], from_stage: str, *, force_redownload: bool, settings: Settings | None = None
+) -> int:
+    stage = "download" if force_redownload else from_stage
+    with database(settings) as conn:
+        n = repo.reset_documents(conn, ids, stage)
+        conn.commit()
+    return n
+
+
+def process_selection(
+    ids: Sequence[str], *, run_id: str, dag_id: str, settings: Settings | None = None, stages: Sequence[str] = STAGES
+) -> list[dict[str, Any]]:
+    """Run the given documents through the stages, in order (same stage code as the main DAG)."""
+    settings = settings or get_settings()
+    results = []
+    for stage in stages:
+        if stage_available(stage, settings):
+            continue
+        with database(settings) as conn:
+            ready = [d["id"] for d in repo.ready_documents(conn, stage, ids=list(ids),
+                                                           safety_period_s=settings.safety_check_period_s)]
+            conn.rollback()
+        for start in range(0, len(ready), settings.batch_size):
+            batch = {"stage": stage, "ids": ready[start : start + settings.batch_size], "label": "reprocess",
+                     "key": f"reprocess-{start // settings.batch_size:04d}"}
+            results.append(run_batch(batch, run_id=run_id, dag_id=dag_id, settings=settings))
+    return results
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.monotonic()
+    value = fn()
+    return value, time.monotonic() - t0
+
+
+def reprocess_preview(ids: Sequence[str], from_stage: str, *, force_redownload: bool,
+                      settings: Settings | None = None) -> list[dict[str, Any]]:
+    stage = "download" if force_redownload else from_stage
+    with database(settings) as conn:
+        rows = repo.reset_preview(conn, ids, stage)
+        conn.rollback()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# ad-hoc validation (for validator-services: a file the datastore has no report for)
+# ---------------------------------------------------------------------------------------
+
+
+def adhoc_validate(
+    *, url: str | None, blob: str | None, filename: str | None, guid: str | None, session_id: str | None,
+    user_email: str | None, settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Validate one uploaded file (a blob in the ad-hoc container) or URL; store the result
+    in ``adhoc_validation`` as validator-services expects.  Returns the row id and outcome."""
+    import tempfile
+
+    from iati_refresher.clients import validator_for
+    from iati_refresher.stages.download import fetch_to_file
+
+    settings = settings or get_settings()
+    if bool(url) == bool(blob):
+        raise ValueError("give exactly one of url or blob")
+    row: dict[str, Any] = {"guid": guid, "filename": filename or url or blob, "session_id": session_id,
+                           "user_email": user_email}
+    with tempfile.TemporaryDirectory(prefix="adhoc-") as tmp:
+        path = f"{tmp}/file.xml"
+        if url:
+            fetched = fetch_to_file(url, path, settings)
+            if fetched.download_error is not None:
+                row["validation_api_error"] = f"download_error {fetched.download_error}: {fetched.message}"
+        else:
+            open_blob_store(blob_config_for(settings)).get_to_file(settings.adhoc_container, blob, path)
+        if "validation_api_error" not in row:
+            response = validator_for(settings).validate(path, meta=False)
+            if response.body is not None and "valid" in response.body:
+                row["report"] = response.body
+                row["valid"] = bool(response.body.get("valid"))
+                if response.status not in (200, None):
+                    row["validation_api_error"] = str(response.status)
+            else:
+                row["validation_api_error"] = str(response.status or response.error)
+    with database(settings) as conn:
+        row_id = repo.save_adhoc_validation(conn, row)
+        conn.commit()
+    return {"id": row_id, "valid": row.get("valid"), "validation_api_error": row.get("validation_api_error")}
+
+
+# ---------------------------------------------------------------------------------------
+# reconciliation
+# ---------------------------------------------------------------------------------------
+
+
+def reconcile_solr(settings: Settings | None = None) -> dict[str, Any]:
+    """Remove Solr documents whose dataset is gone or whose version is not the indexed one."""
+    from iati_refresher.clients import solr_for
+    from iati_refresher.stages.index import reconcile
+
+    settings = settings or get_settings()
+    solr = solr_for(settings)
+    if solr is None:
+        return {"skipped": "no Solr connection ('solr') is configured"}
+    with database(settings) as conn:
+        expected = repo.indexed_versions(conn)
+        conn.rollback()
+    return reconcile(solr, expected, settings)
+
+
+def reconcile_blobs(settings: Settings | None = None) -> dict[str, int]:
+    """Remove blobs no document needs: source/clean files of hashes no document has, and
+    lake/flat folders of datasets that left the registry."""
+    settings = settings or get_settings()
+    blobs = open_blob_store(blob_config_for(settings))
+    with database(settings) as conn:
+        hashes = repo.document_hashes(conn)
+        expired = repo.delete_expired_claims(conn)
+        conn.commit()
+    live_hashes = set(hashes.values())
+    counts = {"expired_claims": expired}
+    for container in (settings.source_container, settings.clean_container):
+        orphans = [n for n in blobs.list(container) if n.removesuffix(".xml") not in live_hashes]
+        counts[container] = blobs.delete(container, orphans)
+    for container in (settings.lake_container, settings.flat_container):
+        orphans = []
+        for name in blobs.list(container):
+            doc_id = name.split("/", 1)[0]
+            if doc_id not in hashes or (
+                container == settings.flat_container and name != f"{doc_id}/{hashes[doc_id]}.jsonl"
+            ):
+                orphans.append(name)
+        counts[container] = blobs.delete(container, orphans)
+    return counts

@@ -1,0 +1,1 @@
+"""Registry sources (IATI Bulk Data Service, IATI Registry CKAN) returning plain records."""

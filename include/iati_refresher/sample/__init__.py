@@ -1,0 +1,1 @@
+"""A small sample registry served on loopback, so `make run` works offline."""

@@ -1,0 +1,631 @@
+"""Index stage: flattened activities + the activity lake → Solr, with no gap in search.
+
+A document's Solr documents live in three collections (written through the ``*_solrize``
+aliases): one *activity* document per activity, and one *transaction* / *budget* document
+per ``<transaction>`` / ``<budget>`` of an activity ("explode").
+
+The reference deleted a dataset's documents and then re-added them one activity per
+request, so a republished dataset vanished from search for the whole run, and any Solr
+error deleted it completely.  Here (:func:`index_document`):
+
+1. the ids the dataset currently has in each collection are read (cursor paging);
+2. the new version is streamed from its flat JSON-lines blob and added in batches of at
+   most ``solr_batch_size`` documents per request (``iati_xml``/``iati_json`` are rebuilt
+   from the clean file in step, one blob read instead of two per activity; the stored lake
+   blobs are read when the two disagree).  Activity ids
+   (``{document_id}--{sha1(identifier)}--{n}``) are the same in every version, so an
+   unchanged or updated activity is overwritten in place and never disappears;
+3. only then are the old ids the new version did not write deleted.
+
+If anything fails while adding, the previous version stays searchable: only ids this
+attempt added that were not there before are deleted again (best effort), and the outcome
+is ``failed``.  Memory is bounded by one batch and the set of old ids.
+
+The price: exploded ids include the document hash, so while a changed dataset is being
+reindexed its transactions and budgets briefly show twice (old and new) instead of not at
+all.  Anything left behind by a crash is found by :func:`reconcile`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from iati_refresher.iati.identifiers import lake_name, normalise_identifier, solr_activity_id
+from iati_refresher.outcomes import Outcome
+from iati_refresher.settings import Settings
+from iati_refresher.solr_client import ROLES, SolrClient, SolrError, field_query, quote
+from iati_refresher.storage import BlobNotFound, BlobStorageError, BlobStore
+
+log = logging.getLogger(__name__)
+
+EXPLODE_ELEMENTS = ("transaction", "budget")
+DOCUMENT_ID_FIELD = "iati_activities_document_id"
+DOCUMENT_HASH_FIELD = "iati_activities_document_hash"
+LAKE_FIELDS = ("iati_xml", "iati_json")
+#: A batch is also sent early once its documents reach roughly this many characters of JSON,
+#: so very large activities (or transactions that repeat a large activity) never build one
+#: huge request.  Each collection buffers its own batch and a request body exists twice
+#: (text, then UTF-8), so this bounds the worker's memory: 4 MB keeps a 40 MB file's index
+#: worker near 100 MB of RSS where 32 MB took it past 200 MB (BENCHMARKS.md), at no cost in speed.
+MAX_BATCH_CHARS = 4 * 1024 * 1024
+ROLLBACK_CHUNK = 1000
+
+
+# ---------------------------------------------------------------------------------------
+# building Solr documents (pure)
+# ---------------------------------------------------------------------------------------
+
+
+def jsonb_order(value: Any) -> Any:
+    """``value`` with every dict's keys in PostgreSQL ``jsonb`` order (recursively).
+
+    jsonb stores object keys sorted by length in bytes, then bytewise.  The reference kept
+    flattened activities in a jsonb column and built exploded documents from what it read
+    back, so that order is part of how it computed transaction and budget ids.
+    """
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
+        return {k: jsonb_order(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [jsonb_order(v) for v in value]
+    return value
+
+
+def location_latlon(pos: str) -> str | None:
+    """``"lat lon"`` (``location/point/pos``) → ``"lat,lon"`` for Solr, or ``None`` when invalid.
+
+    Two whitespace-separated floats with ``|lat| <= 90`` and ``|lon| <= 180``, written with
+    Python's float repr as the reference did (``"1 1"`` → ``"1.0,1.0"``).
+    """
+    if not isinstance(pos, str):
+        return None
+    parts = pos.split()
+    if len(parts) != 2:
+        return None
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+    if not (abs(lat) <= 90 and abs(lon) <= 180):  # also false for NaN
+        return None
+    return f"{lat!r},{lon!r}"
+
+
+def location_point_latlon(pos: Any) -> str | list[str] | None:
+    """The ``location_point_latlon`` value for a ``location_point_pos`` value (same shape), or ``None``."""
+    if isinstance(pos, list):
+        valid = [v for v in (location_latlon(p) for p in pos) if v is not None]
+        return valid or None
+    return location_latlon(pos)
+
+
+def activity_identifier(activity: Mapping[str, Any]) -> str:
+    """The activity's identifier: the first ``iati_identifier`` value, normalised ('' if none).
+
+    An activity with two ``iati-identifier`` elements flattens to a list; the reference
+    crashed the whole document on it.  The first one wins here, as it does for the lake
+    blob names (:func:`iati_refresher.iati.identifiers.identifier_of`).
+    """
+    value = activity.get("iati_identifier")
+    if isinstance(value, list):
+        value = next((v for v in value if isinstance(v, str) and v.strip()), "")
+    return normalise_identifier(value) if isinstance(value, str) else ""
+
+
+def drop_empty(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove top-level fields whose value is exactly ``""`` (``""`` inside lists stays)."""
+    return {k: v for k, v in doc.items() if v != ""}
+
+
+def explode(activity_doc: Mapping[str, Any], element: str, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One document per ``element`` item, ids exactly as the reference computed them.
+
+    Each document is the activity document without its ``iati_xml``/``iati_json`` and
+    without every field starting with ``<element>_`` (the activity-wide lists), followed by
+    the item's own fields.  Its ``id`` is the SHA-1 hex of ``json.dumps(doc)`` (default
+    separators, ASCII escapes) followed by the item's decimal index, computed while ``doc``
+    still holds the activity's ``id`` — the index keeps identical items apart.  Key order
+    matters to that hash: it is the order of ``activity_doc`` then of the item, so callers
+    pass both in the reference's order (see :func:`activity_documents`).
+    """
+    prefix = f"{element}_"
+    base = {k: v for k, v in activity_doc.items() if not k.startswith(prefix) and k not in LAKE_FIELDS}
+    # The base is most of every document's text: serialise it once.  ``json.dumps`` of
+    # ``{**base, **item}`` is the base's members, ", ", then the item's, as long as no key
+    # is in both; otherwise the whole document is serialised as the reference did.
+    base_members = json.dumps(base)[1:-1]
+    docs = []
+    for index, item in enumerate(items):
+        doc = {**base, **item}
+        if item and base and base.keys().isdisjoint(item):
+            text = "{" + base_members + ", " + json.dumps(item)[1:]
+        else:
+            text = json.dumps(doc)
+        doc["id"] = hashlib.sha1((text + str(index)).encode("utf-8")).hexdigest()
+        docs.append(doc)
+    return docs
+
+
+class ActivityDocuments(NamedTuple):
+    """The Solr documents built from one flattened activity."""
+
+    activity: dict[str, Any]
+    transaction: list[dict[str, Any]]
+    budget: list[dict[str, Any]]
+    #: roughly how many characters of JSON the activity's fields take (every exploded
+    #: document repeats most of them): used to keep requests to a reasonable size
+    base_chars: int = 0
+
+    def by_role(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        yield "activity", self.activity
+        for doc in self.transaction:
+            yield "transaction", doc
+        for doc in self.budget:
+            yield "budget", doc
+
+    def sized(self) -> Iterator[tuple[str, dict[str, Any], int]]:
+        """(role, document, approximate JSON size) for every document."""
+        lake = sum(len(self.activity.get(f) or "") for f in LAKE_FIELDS)
+        for role, doc in self.by_role():
+            yield role, doc, self.base_chars + (lake if role == "activity" else 0)
+
+
+def activity_documents(
+    activity: Mapping[str, Any],
+    *,
+    document_id: str,
+    document_hash: str,
+    occurrence: int,
+    iati_xml: str | None = None,
+    iati_json: str | None = None,
+) -> ActivityDocuments:
+    """The activity, transaction and budget documents of one flattened activity.
+
+    The steps follow the reference, in its order, because the exploded ids hash the
+    document's JSON text and so depend on its key order:
+
+    * keys in jsonb order (the reference read activities back from a jsonb column);
+    * ``iati_identifier`` reduced to the first identifier (see :func:`activity_identifier`);
+    * ``iati_activities_document_id``, ``iati_activities_document_hash``, then
+      ``location_point_latlon`` (when any ``location_point_pos`` is valid) and ``id``
+      appended in that order; ``@transaction`` / ``@budget`` taken out;
+    * the exploded ids are computed on that document (``""`` values included); top-level
+      ``""`` values are dropped from every document only afterwards, "at add time".
+
+    :param occurrence: how many earlier activities of the same document had this identifier.
+    :param iati_xml: the lake XML (``None`` leaves the field out, e.g. to compute ids only).
+    :param iati_json: the lake JSON.
+    """
+    doc: dict[str, Any] = jsonb_order(dict(activity))
+    identifier = activity_identifier(activity)
+    doc["iati_identifier"] = identifier
+    items = {element: doc.pop(f"@{element}", None) or [] for element in EXPLODE_ELEMENTS}
+    doc[DOCUMENT_ID_FIELD] = document_id
+    doc[DOCUMENT_HASH_FIELD] = document_hash
+    if "location_point_pos" in doc:
+        latlon = location_point_latlon(doc["location_point_pos"])
+        if latlon is not None:
+            doc["location_point_latlon"] = latlon
+    doc["id"] = solr_activity_id(document_id, identifier, occurrence)
+    exploded = {
+        element: [drop_empty(d) for d in explode(doc, element, [i for i in items[element] if isinstance(i, dict)])]
+        for element in EXPLODE_ELEMENTS
+    }
+    activity_doc = drop_empty(doc)
+    base_chars = len(json.dumps(activity_doc, ensure_ascii=False))
+    if iati_xml is not None:
+        activity_doc["iati_xml"] = iati_xml
+    if iati_json is not None:
+        activity_doc["iati_json"] = iati_json
+    return ActivityDocuments(activity_doc, exploded["transaction"], exploded["budget"], base_chars)
+
+
+# ---------------------------------------------------------------------------------------
+# streaming a document's activities
+# ---------------------------------------------------------------------------------------
+
+
+class _StageProblem(Exception):
+    """An expected per-document problem that ends the attempt (becomes a failed outcome)."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool):
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+LakeReader = Callable[[str, int], tuple[str, str]]
+
+
+@dataclass
+class _Counts:
+    activities: int = 0
+    transactions: int = 0
+    budgets: int = 0
+    skipped_no_identifier: int = 0
+    consumed: int = 0  # flattened activities read so far (with or without identifier)
+
+
+def _iter_flat_file(path: str) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                activity = json.loads(line)
+            except ValueError as exc:
+                message = f"flat file line {number} is not JSON: {exc}"
+                raise _StageProblem("flat_invalid", message, retryable=False) from exc
+            if not isinstance(activity, dict):
+                raise _StageProblem("flat_invalid", f"flat file line {number} is not an object", retryable=False)
+            yield activity
+
+
+def _documents(
+    activities: Iterable[Mapping[str, Any]],
+    document_id: str,
+    document_hash: str,
+    counts: _Counts,
+    lake: LakeReader | None,
+    limit: int | None = None,
+) -> Iterator[tuple[str, dict[str, Any], int]]:
+    """(role, Solr document, approximate size) in file order; ``lake=None`` leaves out the lake text."""
+    occurrences: dict[str, int] = {}
+    if limit is not None:
+        activities = itertools.islice(activities, limit)  # never reads (or parses) the line after
+    for activity in activities:
+        counts.consumed += 1
+        identifier = activity_identifier(activity)
+        if not identifier:
+            counts.skipped_no_identifier += 1
+            continue
+        occurrence = occurrences.get(identifier, 0)
+        occurrences[identifier] = occurrence + 1
+        xml, json_text = lake(identifier, occurrence) if lake is not None else (None, None)
+        built = activity_documents(
+            activity, document_id=document_id, document_hash=document_hash, occurrence=occurrence,
+            iati_xml=xml, iati_json=json_text,
+        )
+        counts.activities += 1
+        counts.transactions += len(built.transaction)
+        counts.budgets += len(built.budget)
+        yield from built.sized()
+
+
+def _lake_reader(blobs: BlobStore, container: str, document_id: str) -> LakeReader:
+    def read(identifier: str, occurrence: int) -> tuple[str, str]:
+        texts = []
+        for extension in ("xml", "json"):
+            name = lake_name(document_id, identifier, occurrence, extension)
+            try:
+                data = blobs.get_bytes(container, name)
+            except BlobNotFound as exc:
+                raise _StageProblem(
+                    "lake_missing", f"lake blob {container}/{name} is missing (activity {identifier!r})",
+                    retryable=False,
+                ) from exc
+            except BlobStorageError as exc:
+                raise _StageProblem("blob_storage_error", f"reading {container}/{name}: {exc}", retryable=True) from exc
+            texts.append(data.decode("utf-8", errors="replace"))
+        return texts[0], texts[1]
+
+    return read
+
+
+class _CleanFileLake:
+    """The lake texts rebuilt from the clean file, in step with the flattened activities.
+
+    Lakify's blobs are a pure function of the clean file (:func:`iter_lake_entries`), and
+    both that stream and the flat file list activities in document order with the same
+    identifier rule, so the index stage reads one blob (the clean file) instead of two per
+    activity: on a blob service each small read costs milliseconds of client and server
+    time, far more than parsing the activity again.  The first time the two streams
+    disagree (or the clean file cannot be read or parsed), it falls back to reading the
+    stored lake blobs for the rest of the document, so a missing blob is still reported.
+    Memory is bounded by one activity.
+    """
+
+    def __init__(self, blobs: BlobStore, settings: Settings, document_id: str, document_hash: str, tmp: str):
+        from iati_refresher.stages.lakify import iter_lake_entries
+
+        self._fallback = _lake_reader(blobs, settings.lake_container, document_id)
+        self._entries: Iterator[Any] | None = None
+        path = os.path.join(tmp, "clean.xml")
+        with contextlib.suppress(BlobNotFound, BlobStorageError):
+            blobs.get_to_file(settings.clean_container, f"{document_hash}.xml", path)
+            self._entries = iter_lake_entries(path)
+
+    def __call__(self, identifier: str, occurrence: int) -> tuple[str, str]:
+        if self._entries is not None:
+            try:
+                entry = next(self._entries, None)
+            except (ValueError, OSError, SyntaxError):  # not IATI, refused, unparseable: read the blobs
+                entry = None
+            if entry is not None and entry.identifier == identifier and entry.occurrence == occurrence:
+                return entry.xml.decode("utf-8", errors="replace"), entry.json
+            self.close()
+        return self._fallback(identifier, occurrence)
+
+    def close(self) -> None:
+        if self._entries is not None:
+            self._entries.close()  # type: ignore[attr-defined]
+            self._entries = None
+
+
+@dataclass
+class _Batches:
+    """Per-collection buffers, each sent once it holds ``size`` documents."""
+
+    solr: SolrClient
+    size: int
+    commit_within_ms: int
+    docs: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {role: [] for role in ROLES})
+    chars: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
+
+    def add(self, role: str, doc: dict[str, Any], chars: int) -> None:
+        self.docs[role].append(doc)
+        self.chars[role] += chars
+        if len(self.docs[role]) >= self.size or self.chars[role] >= MAX_BATCH_CHARS:
+            self.flush(role)
+
+    def flush(self, role: str) -> None:
+        if self.docs[role]:
+            self.solr.add(role, self.docs[role], self.commit_within_ms)
+        self.docs[role] = []
+        self.chars[role] = 0
+
+    def flush_all(self) -> None:
+        for role in ROLES:
+            self.flush(role)
+
+
+def _no_activities(manifest: Any) -> bool:
+    """Whether the flatten manifest says the version has no activities at all."""
+    if isinstance(manifest, list):
+        return not manifest
+    if isinstance(manifest, dict):
+        return manifest.get("activities") == 0
+    return False
+
+
+def _failed(document_id: str, exc: SolrError | _StageProblem, doing: str, extra: str = "") -> Outcome:
+    if isinstance(exc, SolrError):
+        return Outcome.failed(
+            document_id, f"solr_{exc.kind}", f"{doing}: {exc}{extra}", retryable=exc.retryable
+        )
+    return Outcome.failed(document_id, exc.code, f"{doing}: {exc}{extra}", retryable=exc.retryable)
+
+
+# ---------------------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------------------
+
+
+def index_document(doc: Mapping[str, Any], blobs: BlobStore, solr: SolrClient, settings: Settings) -> Outcome:
+    """Index one document's current version into the three collections without a search gap.
+
+    :param doc: ``id``, ``hash`` and ``flattened_activities`` (the flatten manifest; ``[]``
+        or ``{"activities": 0}`` means the version has no activities; a non-empty list of
+        activity dicts is indexed as is).  Other keys are ignored.  The activities are read
+        from the manifest's ``container``/``blob`` (default ``flat/{id}/{hash}.jsonl``) and
+        the lake from ``lake/{id}/...``.
+    :param blobs: blob storage holding the flat and lake containers.
+    :param solr: a client whose roles map to the write aliases.
+    :return: ``ok`` with data ``activities``, ``transactions``, ``budgets``,
+        ``skipped_no_identifier`` and ``removed`` (old documents deleted); ``failed`` with
+        code ``solr_<kind>`` (retryable for server/timeout/connection), ``lake_missing``
+        (lakify must run again), ``flat_missing`` / ``flat_invalid`` (flatten must run
+        again) or ``blob_storage_error`` (retryable).  After a failure while adding, the
+        previous version's documents are all still there.
+    """
+    document_id, document_hash = str(doc["id"]), str(doc["hash"])
+    manifest = doc.get("flattened_activities")
+    in_document = field_query(DOCUMENT_ID_FIELD, document_id)
+    commit_within = settings.solr_commit_within_ms
+
+    # 1. What the dataset has in Solr now.  True marks an id the new version rewrote.
+    try:
+        old: dict[str, dict[str, bool]] = {
+            role: dict.fromkeys(solr.iter_ids(role, in_document), False) for role in ROLES
+        }
+    except SolrError as exc:
+        return _failed(document_id, exc, "reading the documents already indexed")
+    old_total = sum(len(ids) for ids in old.values())
+
+    if _no_activities(manifest):
+        try:
+            for role in ROLES:
+                solr.delete_query(role, in_document, commit_within)
+        except SolrError as exc:
+            return _failed(document_id, exc, "removing the documents of a version without activities")
+        return Outcome.ok(
+            document_id, activities=0, transactions=0, budgets=0, skipped_no_identifier=0, removed=old_total
+        )
+
+    with tempfile.TemporaryDirectory(prefix="index-") as tmp:
+        try:
+            source = _flat_source(manifest, blobs, settings, document_id, document_hash, tmp)
+        except _StageProblem as exc:
+            return _failed(document_id, exc, "reading the flattened activities")
+
+        # 2. Stream the new version in batches.
+        counts = _Counts()
+        batches = _Batches(solr, max(1, settings.solr_batch_size), commit_within)
+        lake = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
+        try:
+            for role, solr_doc, chars in _documents(source(), document_id, document_hash, counts, lake):
+                ids = old[role]
+                if solr_doc["id"] in ids:
+                    ids[solr_doc["id"]] = True
+                batches.add(role, solr_doc, chars)
+            batches.flush_all()
+        except (SolrError, _StageProblem) as exc:
+            undo = _rollback(solr, source, document_id, document_hash, old, counts.consumed, commit_within)
+            doing = "adding documents" if isinstance(exc, SolrError) else "building documents"
+            return _failed(document_id, exc, doing, f"; previous version kept ({undo})")
+        except Exception:
+            # A bug: still try to leave the previous version as it was, then let it surface.
+            with contextlib.suppress(Exception):
+                _rollback(solr, source, document_id, document_hash, old, counts.consumed, commit_within)
+            raise
+        finally:
+            lake.close()
+
+    # 3. Remove what the new version no longer has.
+    removed = 0
+    try:
+        for role in ROLES:
+            stale = [doc_id for doc_id, rewritten in old[role].items() if not rewritten]
+            removed += solr.delete_ids(role, stale, commit_within)
+            # Documents of any other version that were not yet searchable when step 1 ran
+            # (an earlier attempt within the commit interval): every document just written
+            # carries this hash, so nothing current matches.
+            solr.delete_query(
+                role, f"{in_document} AND NOT {DOCUMENT_HASH_FIELD}:{quote(document_hash)}", commit_within
+            )
+    except SolrError as exc:
+        # The new version is complete; the next attempt rewrites it and removes the rest.
+        return _failed(document_id, exc, "new version indexed, but removing old documents failed")
+    return Outcome.ok(
+        document_id,
+        activities=counts.activities,
+        transactions=counts.transactions,
+        budgets=counts.budgets,
+        skipped_no_identifier=counts.skipped_no_identifier,
+        removed=removed,
+    )
+
+
+def _flat_source(
+    manifest: Any, blobs: BlobStore, settings: Settings, document_id: str, document_hash: str, tmp: str
+) -> Callable[[], Iterable[Mapping[str, Any]]]:
+    """A re-iterable source of flattened activities (inline list, or the downloaded flat blob)."""
+    if isinstance(manifest, list) and manifest:
+        activities = [a for a in manifest if isinstance(a, dict)]
+        return lambda: activities
+    # The flatten manifest names its blob; the fixed name is the fallback.
+    described = manifest if isinstance(manifest, dict) else {}
+    container = str(described.get("container") or settings.flat_container)
+    name = str(described.get("blob") or f"{document_id}/{document_hash}.jsonl")
+    path = os.path.join(tmp, "flat.jsonl")
+    try:
+        blobs.get_to_file(container, name, path)
+    except BlobNotFound as exc:
+        raise _StageProblem("flat_missing", f"{container}/{name} is missing", retryable=False) from exc
+    except BlobStorageError as exc:
+        raise _StageProblem("blob_storage_error", f"{container}/{name}: {exc}", retryable=True) from exc
+    return lambda: _iter_flat_file(path)
+
+
+def _rollback(
+    solr: SolrClient,
+    source: Callable[[], Iterable[Mapping[str, Any]]],
+    document_id: str,
+    document_hash: str,
+    old: Mapping[str, Mapping[str, bool]],
+    consumed: int,
+    commit_within_ms: int,
+) -> str:
+    """Delete the ids a failed attempt may have added that the previous version did not have.
+
+    Ids are deterministic, so they are derived again from the activities the attempt had
+    read instead of being remembered (the old ids stay the only per-document set).
+    Best effort: returns a short note for the outcome message.
+    """
+    pending: dict[str, list[str]] = {role: [] for role in ROLES}
+    deleted = 0
+    try:
+        counts = _Counts()
+        for role, solr_doc, _ in _documents(source(), document_id, document_hash, counts, None, limit=consumed):
+            if solr_doc["id"] not in old[role]:
+                pending[role].append(solr_doc["id"])
+                if len(pending[role]) >= ROLLBACK_CHUNK:
+                    deleted += solr.delete_ids(role, pending[role], commit_within_ms)
+                    pending[role] = []
+        for role in ROLES:
+            deleted += solr.delete_ids(role, pending[role], commit_within_ms)
+    except (SolrError, _StageProblem) as exc:
+        log.warning("index %s: removing the partly added version failed: %s", document_id, exc)
+        return f"removing the partly added documents failed: {exc}"
+    return f"ids of {deleted} new documents deleted again"
+
+
+def unindex_document(document_id: str, solr: SolrClient, settings: Settings) -> int:
+    """Delete a dataset from all three collections (a stale or removed dataset).
+
+    :return: how many documents it had (as counted just before the delete).
+    :raises SolrError: when Solr fails; nothing is recorded as removed then.
+    """
+    query = field_query(DOCUMENT_ID_FIELD, document_id)
+    total = 0
+    for role in ROLES:
+        total += solr.count(role, query)
+        solr.delete_query(role, query, settings.solr_commit_within_ms)
+    return total
+
+
+class ReconcileRefused(RuntimeError):
+    """Reconciliation would delete more than the allowed share of a collection."""
+
+
+def reconcile(
+    solr: SolrClient,
+    expected: Mapping[str, str | Iterable[str]],
+    settings: Settings,
+    *,
+    max_share: float = 0.5,
+    page_size: int = 5000,
+) -> dict[str, dict[str, int]]:
+    """Delete Solr documents of datasets that should not be there, or not in that version.
+
+    Every document is read (``id`` order, cursor paging, two small fields) and grouped by
+    (document id, hash).  A group whose document id is not in ``expected`` is *orphaned*;
+    one whose hash is not the expected hash is *stale*.  Both are deleted by query.
+
+    :param expected: document id → the hash that should be indexed, or several acceptable
+        hashes.  Pass the hash being indexed too for documents whose index stage may be
+        running, or their new documents would count as stale.
+    :param max_share: refuse (:class:`ReconcileRefused`, nothing deleted) when a collection
+        would lose more than this share of its documents — an empty or wrong ``expected``
+        must not wipe the index.
+    :return: per collection role: ``scanned``, ``orphaned`` and ``stale_hash`` document counts.
+    """
+    accepted = {doc_id: {hashes} if isinstance(hashes, str) else set(hashes) for doc_id, hashes in expected.items()}
+    plans: dict[str, dict[tuple[str, str], int]] = {}
+    report: dict[str, dict[str, int]] = {}
+    for role in ROLES:
+        groups: dict[tuple[str, str], int] = {}
+        scanned = 0
+        fl = f"id,{DOCUMENT_ID_FIELD},{DOCUMENT_HASH_FIELD}"
+        for found in solr.iter_docs(role, "*:*", fl=fl, page_size=page_size):
+            scanned += 1
+            key = (str(found.get(DOCUMENT_ID_FIELD, "")), str(found.get(DOCUMENT_HASH_FIELD, "")))
+            if key[0] not in accepted or key[1] not in accepted[key[0]]:
+                groups[key] = groups.get(key, 0) + 1
+        orphaned = sum(n for (doc_id, _), n in groups.items() if doc_id not in accepted)
+        stale = sum(groups.values()) - orphaned
+        if scanned and (orphaned + stale) > max_share * scanned:
+            raise ReconcileRefused(
+                f"{role}: {orphaned + stale} of {scanned} documents would be deleted "
+                f"(more than {max_share:.0%}); check the expected versions"
+            )
+        plans[role] = groups
+        report[role] = {"scanned": scanned, "orphaned": orphaned, "stale_hash": stale}
+    for role, groups in plans.items():
+        queries = {
+            field_query(DOCUMENT_ID_FIELD, doc_id)
+            + (f" AND {field_query(DOCUMENT_HASH_FIELD, hash_)}" if doc_id in accepted else "")
+            for doc_id, hash_ in groups
+        }
+        for query in sorted(queries):
+            solr.delete_query(role, query, settings.solr_commit_within_ms)
+    return report

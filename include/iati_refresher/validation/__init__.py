@@ -1,0 +1,1 @@
+"""The built-in IATI schema validator (XSD) producing the Validator API's report shape."""

@@ -1,0 +1,8 @@
+-- Migration 23: drop activity level validation revalidate.
+-- Part of the reconstructed history whose end state (27) is the reference schema.
+
+-- +up
+ALTER TABLE public.document DROP COLUMN alv_revalidate;
+
+-- +down
+ALTER TABLE public.document ADD COLUMN alv_revalidate boolean NOT NULL DEFAULT false;

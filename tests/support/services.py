@@ -1,0 +1,129 @@
+"""Real services for the tests: throw-away PostgreSQL databases and an Azurite process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+PROJECT = Path(__file__).resolve().parents[2]
+PG_ADMIN = os.environ.get("REFRESHER_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _admin() -> psycopg.Connection:
+    return psycopg.connect(PG_ADMIN, autocommit=True)
+
+
+def create_database(template: str | None = None) -> str:
+    name = f"refresher_test_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        if template:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        else:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def conninfo(dbname: str) -> str:
+    base = psycopg.conninfo.conninfo_to_dict(PG_ADMIN)
+    base["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**base)
+
+
+def airflow_uri(dbname: str) -> str:
+    """The same database as an Airflow connection URI (AIRFLOW_CONN_REFRESHER_DB)."""
+    base = psycopg.conninfo.conninfo_to_dict(PG_ADMIN)
+    user = base.get("user", "postgres")
+    password = f":{base['password']}" if base.get("password") else ""
+    return f"postgresql://{user}{password}@{base.get('host', '127.0.0.1')}:{base.get('port', 5432)}/{dbname}"
+
+
+def azurite_binary() -> Path:
+    path = PROJECT / "tools" / "node_modules" / ".bin" / "azurite-blob"
+    if not path.exists():
+        raise RuntimeError("Azurite is not installed: run `make deps` (npm install in tools/)")
+    return path
+
+
+class Azurite:
+    """An Azurite blob (and queue) service on free loopback ports, data in a temp dir."""
+
+    def __init__(self) -> None:
+        self.blob_port = free_port()
+        self.queue_port = free_port()
+        self.location = tempfile.mkdtemp(prefix="azurite-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
+            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT};"
+        )
+
+    def start(self) -> Azurite:
+        binary = azurite_binary().parent / "azurite"
+        self.proc = subprocess.Popen(
+            [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
+             "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
+             "--tableHost", "127.0.0.1", "--tablePort", str(free_port()),
+             "--location", self.location, "--skipApiVersionCheck", "--loose", "--disableTelemetry",
+             "--silent"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.blob_port), 0.2):
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Azurite exited with {self.proc.returncode}")
+            time.sleep(0.1)
+        raise RuntimeError("Azurite did not start within 30 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.location, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop the service and start it again on the same ports (data kept)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.start()
+
+
+@contextlib.contextmanager
+def running_azurite() -> Iterator[Azurite]:
+    azurite = Azurite().start()
+    try:
+        yield azurite
+    finally:
+        azurite.stop()

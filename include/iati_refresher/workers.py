@@ -122,12 +122,19 @@ def lakify(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return _guard(doc["id"], lambda: stage.lakify_document(doc, _blobs(settings), settings))
 
 
-def index(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
+@cache
+def _solr(settings: Settings) -> Any:
     from iati_refresher.clients import solr_for
+
+    # One client (and its kept-alive connections) per worker process, not per document.
+    return solr_for(settings)
+
+
+def index(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     from iati_refresher.stages import index as stage
 
     def work() -> Outcome:
-        solr = solr_for(settings)
+        solr = _solr(settings)
         if solr is None:
             return Outcome.skipped(doc["id"], "no_solr", "no Solr connection configured")
         return stage.index_document(doc, _blobs(settings), solr, settings)

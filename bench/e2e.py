@@ -392,44 +392,17 @@ class StandIn:
 
 
 def _azurite_class() -> type:
+    """The tests' Azurite; ``in_memory=True`` runs it without disk persistence.
+
+    On disk, Azurite keeps blob metadata in one JSON document that it rewrites as a whole
+    every few seconds; with the ~200,000 lake blobs of a 100,000-activity registry that
+    document passes 100 MB and the rewrites dominate its CPU, slowing every blob operation
+    as the store grows (Azure itself has no such cost).  In memory it holds every blob in
+    its own process instead, which needs several GB for such a registry.
+    """
     from tests.support import services
 
-    class BenchAzurite(services.Azurite):
-        """The tests' Azurite, optionally without disk persistence.
-
-        Azurite keeps blob metadata in one JSON document that it rewrites as a whole every few
-        seconds; with the ~200,000 lake blobs of a 100,000-activity registry that document
-        passes 100 MB and the rewrites dominate its CPU, slowing every blob operation as the
-        store grows (Azure itself has no such cost).  ``--inMemoryPersistence`` keeps
-        metadata and blob contents in memory instead (blob contents outside Node's heap).
-        """
-
-        def __init__(self, *, in_memory: bool):
-            super().__init__()
-            self.in_memory = in_memory
-
-        def start(self) -> BenchAzurite:
-            if not self.in_memory:
-                super().start()
-                return self
-            binary = services.azurite_binary().parent / "azurite"
-            self.proc = subprocess.Popen(
-                [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
-                 "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
-                 "--tableHost", "127.0.0.1", "--tablePort", str(services.free_port()),
-                 "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            )
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.blob_port), 0.2):
-                    return self
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"Azurite exited with {self.proc.returncode}")
-                time.sleep(0.1)
-            raise RuntimeError("Azurite did not start within 30 s")
-
-    return BenchAzurite
+    return services.Azurite
 
 
 # =======================================================================================
@@ -1038,18 +1011,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+_RUNNING: list[Bench] = []
+
+
 def _stop_on_signal(signum: int, frame: Any) -> None:
-    """SIGTERM/SIGHUP end the run like Ctrl-C: the stand-ins, Azurite and the database are cleaned up."""
-    raise KeyboardInterrupt(f"signal {signum}")
+    """Ctrl-C, SIGTERM and SIGHUP stop the benchmark at once and clean up.
+
+    Airflow's task runner inside ``dag.test()`` treats a KeyboardInterrupt as a failed task
+    and goes on with the run, so the stand-ins, Azurite, the stage worker processes and the
+    database are stopped here, and the process leaves without unwinding.
+    """
+    import multiprocessing
+
+    print(f"\nsignal {signum}: stopping the benchmark and its services", file=sys.stderr, flush=True)
+    for bench in _RUNNING:
+        with contextlib.suppress(Exception):
+            bench.stop_services()
+    for child in multiprocessing.active_children():  # the stage worker pools
+        child.kill()
+    os._exit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve:
         return serve(args.serve, args.corpus)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    bench = Bench(args)
+    _RUNNING.append(bench)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop_on_signal)
-    return Bench(args).main()
+    return bench.main()
 
 
 if __name__ == "__main__":

@@ -70,10 +70,12 @@ def azurite_binary() -> Path:
 class Azurite:
     """An Azurite blob (and queue) service on free loopback ports, data in a temp dir."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, in_memory: bool = False) -> None:
         self.blob_port = free_port()
         self.queue_port = free_port()
         self.location = tempfile.mkdtemp(prefix="azurite-")
+        # In memory: no metadata document rewritten to disk (see bench/e2e.py).
+        self.in_memory = in_memory
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,8 +92,8 @@ class Azurite:
             [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
              "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
              "--tableHost", "127.0.0.1", "--tablePort", str(free_port()),
-             "--location", self.location, "--skipApiVersionCheck", "--loose", "--disableTelemetry",
-             "--silent"],
+             *(["--inMemoryPersistence"] if self.in_memory else ["--location", self.location]),
+             "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + 30

@@ -18,6 +18,7 @@ from lxml import etree
 
 PROLOG_SCAN_BYTES = 1024 * 1024
 IATI_ACTIVITIES = "iati-activities"
+IATI_ACTIVITY = "iati-activity"
 IATI_ORGANISATIONS = "iati-organisations"
 
 
@@ -48,6 +49,46 @@ def safe_parser(**overrides: Any) -> etree.XMLParser:
 def safe_iterparse(source: str | os.PathLike[str] | Any, **kwargs: Any) -> etree.iterparse:
     """``lxml.etree.iterparse`` with the safe options (callers add events/tag/recover)."""
     return etree.iterparse(source, **{**PARSER_OPTIONS, **kwargs})
+
+
+class NotIatiError(ValueError):
+    """The file's root element is not ``iati-activities`` (without a namespace)."""
+
+
+def activities_root(events: Iterator[tuple[str, Any]]) -> Any | None:
+    """The ``iati-activities`` root, from the first iterparse event; ``None`` without events.
+
+    :raises NotIatiError: the first element read is something else.
+    """
+    first = next(events, None)
+    if first is None:
+        return None
+    event, element = first
+    if event != "start" or element.tag != IATI_ACTIVITIES or element.getparent() is not None:
+        raise NotIatiError("Non-IATI XML: the root element is not iati-activities")
+    return element
+
+
+def iter_root_activities(events: Iterator[tuple[str, Any]], root: Any) -> Iterator[Any]:
+    """The activities among iterparse ``("start", "end")`` events read after ``root``'s start.
+
+    Only direct children of the root are activities (the Validator counts them so).  Once
+    the caller asks for the next one, the previous activity and everything before it are
+    freed, so memory is bounded by the largest activity.
+    """
+    for event, element in events:
+        if event != "end" or element.tag != IATI_ACTIVITY:
+            continue
+        if element.getparent() is not root:
+            # Not a child of the root, so not an activity: free it unless it is
+            # part of an enclosing activity that is still being read.
+            if next(element.iterancestors(IATI_ACTIVITY), None) is None:
+                element.clear(keep_tail=False)
+            continue
+        yield element
+        element.clear(keep_tail=False)
+        while element.getprevious() is not None:
+            del root[0]
 
 
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)

@@ -28,13 +28,20 @@ from typing import Any, Literal, NamedTuple, TextIO
 from lxml import etree
 
 from iati_refresher.iati.encoding import sniff_encoding, utf8_view
-from iati_refresher.iati.xml import IATI_ACTIVITIES, IATI_ORGANISATIONS, XmlRefused, check_prolog, safe_iterparse
+from iati_refresher.iati.xml import (
+    IATI_ACTIVITIES,
+    IATI_ACTIVITY,
+    IATI_ORGANISATIONS,
+    XmlRefused,
+    check_prolog,
+    iter_root_activities,
+    safe_iterparse,
+)
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
 from iati_refresher.stages.flatten import describe_input_error
 from iati_refresher.storage import BlobNotFound, BlobStorageError, BlobStore
 
-IATI_ACTIVITY = "iati-activity"
 NO_VALID_ACTIVITIES = "No valid activities"  # what the reference stored in clean_error
 XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
@@ -169,24 +176,12 @@ def _reduce(path: str, keep: set[int], dst_path: str | os.PathLike[str]) -> tupl
             xf.element(IATI_ACTIVITIES, dict(root.attrib), nsmap=dict(root.nsmap)),
         ):
             xf.write("\n")
-            for event, element in events:
-                if event != "end" or element.tag != IATI_ACTIVITY:
-                    continue
-                if element.getparent() is not root:
-                    # Not a child of the root, so not an activity: free it unless it is
-                    # part of an enclosing activity that is still being read.
-                    if next(element.iterancestors(IATI_ACTIVITY), None) is None:
-                        element.clear(keep_tail=False)
-                    continue
+            for element in iter_root_activities(events, root):
                 if total in keep:
                     xf.write(element, with_tail=False)
                     xf.write("\n")
                     kept += 1
                 total += 1
-                # Free the activity and anything before it (bounded memory).
-                element.clear(keep_tail=False)
-                while element.getprevious() is not None:
-                    del root[0]
     return total, kept
 
 

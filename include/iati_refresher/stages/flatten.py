@@ -32,20 +32,24 @@ from lxml import etree
 from iati_refresher.iati.dates import is_date_field, normalise_date
 from iati_refresher.iati.encoding import sniff_encoding, utf8_view
 from iati_refresher.iati.identifiers import identifier_of
-from iati_refresher.iati.xml import IATI_ACTIVITIES, XmlRefused, check_prolog, safe_iterparse
+from iati_refresher.iati.xml import (
+    IATI_ACTIVITIES,
+    IATI_ACTIVITY,
+    NotIatiError,
+    XmlRefused,
+    activities_root,
+    check_prolog,
+    iter_root_activities,
+    safe_iterparse,
+)
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
 from iati_refresher.storage import BlobNotFound, BlobStorageError, BlobStore
 
-IATI_ACTIVITY = "iati-activity"
 IATI_IDENTIFIER = "iati-identifier"
 EXPLODE_ELEMENTS = ("transaction", "budget")
 XML_NAMESPACE = "http://www.w3.org/XML/1998/namespace"
 _MAX_NAMINGS = 64  # name caches kept per distinct activity namespace map
-
-
-class NotIatiError(ValueError):
-    """The file's root element is not ``iati-activities`` (without a namespace)."""
 
 
 @dataclass(frozen=True)
@@ -265,24 +269,12 @@ class _ActivityStream:
             remove_blank_text=True,
         )
         root = None
-        dataset: dict[str, str] = {}
         namings: dict[tuple[tuple[str | None, str], ...], _Naming] = {}
+        events = iter(context)
         try:
-            for event, element in context:
-                if root is None:
-                    if event != "start" or element.tag != IATI_ACTIVITIES or element.getparent() is not None:
-                        raise NotIatiError("Non-IATI XML: the root element is not iati-activities")
-                    root = element
-                    dataset = _dataset_fields(element.attrib)
-                    continue
-                if event != "end" or element.tag != IATI_ACTIVITY:
-                    continue
-                if element.getparent() is not root:
-                    # Not a child of the root, so not an activity: free it unless it is
-                    # part of an enclosing activity that is still being read.
-                    if next(element.iterancestors(IATI_ACTIVITY), None) is None:
-                        element.clear(keep_tail=False)
-                    continue
+            root = activities_root(events)
+            dataset = _dataset_fields(root.attrib) if root is not None else {}
+            for element in iter_root_activities(events, root) if root is not None else ():
                 nsmap = element.nsmap
                 key = tuple(nsmap.items())
                 naming = namings.get(key)
@@ -291,10 +283,6 @@ class _ActivityStream:
                         namings.clear()
                     naming = namings[key] = _Naming(nsmap)
                 yield _flatten_activity(element, dataset, naming)
-                # Free the activity and anything before it (bounded memory).
-                element.clear(keep_tail=False)
-                while element.getprevious() is not None:
-                    del root[0]
         finally:
             self.recovered_errors = count_recovered_errors(context.error_log)
         if root is None:

@@ -30,11 +30,18 @@ from lxml import etree
 
 from iati_refresher.iati.encoding import sniff_encoding, utf8_view
 from iati_refresher.iati.identifiers import identifier_of, lake_name
-from iati_refresher.iati.xml import IATI_ACTIVITIES, XmlRefused, check_prolog, safe_iterparse
+from iati_refresher.iati.xml import (
+    IATI_ACTIVITIES,
+    IATI_ACTIVITY,
+    XmlRefused,
+    activities_root,
+    check_prolog,
+    iter_root_activities,
+    safe_iterparse,
+)
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
 from iati_refresher.stages.flatten import (
-    IATI_ACTIVITY,
     XML_NAMESPACE,
     NotIatiError,
     count_recovered_errors,
@@ -199,21 +206,10 @@ class _EntryStream:
         )
         seen: dict[str, int] = collections.defaultdict(int)
         root = None
+        events = iter(context)
         try:
-            for event, element in context:
-                if root is None:
-                    if event != "start" or element.tag != IATI_ACTIVITIES or element.getparent() is not None:
-                        raise NotIatiError("Non-IATI XML: the root element is not iati-activities")
-                    root = element
-                    continue
-                if event != "end" or element.tag != IATI_ACTIVITY:
-                    continue
-                if element.getparent() is not root:
-                    # Not a child of the root, so not an activity: free it unless it is
-                    # part of an enclosing activity that is still being read.
-                    if next(element.iterancestors(IATI_ACTIVITY), None) is None:
-                        element.clear(keep_tail=False)
-                    continue
+            root = activities_root(events)
+            for element in iter_root_activities(events, root) if root is not None else ():
                 identifier = identifier_of(element)
                 if identifier:
                     occurrence = seen[identifier]
@@ -223,9 +219,6 @@ class _EntryStream:
                     yield LakeEntry(identifier, occurrence, activity_xml(element), activity_json(element))
                 else:
                     self.skipped_no_identifier += 1
-                element.clear(keep_tail=False)
-                while element.getprevious() is not None:
-                    del root[0]
         finally:
             self.recovered_errors = count_recovered_errors(context.error_log)
         if root is None:

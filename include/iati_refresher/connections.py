@@ -44,6 +44,21 @@ class ConnectionInfo:
     schema: str = ""
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @classmethod
+    def of(cls, conn_id: str, conn: Any) -> ConnectionInfo:
+        """The parts of an Airflow ``Connection`` object."""
+        extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+        return cls(
+            conn_id=conn_id,
+            conn_type=conn.conn_type or "",
+            host=conn.host or "",
+            port=conn.port,
+            login=conn.login or "",
+            password=conn.password or "",
+            schema=conn.schema or "",
+            extra=dict(extra or {}),
+        )
+
     def base_url(self, default_scheme: str = "http") -> str:
         """``scheme://host[:port][/schema]`` for HTTP-style connections.
 
@@ -157,14 +172,4 @@ def _from_airflow(conn_id: str) -> ConnectionInfo | None:
         conn = BaseHook.get_connection(conn_id)
     except Exception:  # AirflowNotFoundException, or no metadata database reachable from the CLI
         return None
-    extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
-    return ConnectionInfo(
-        conn_id=conn_id,
-        conn_type=conn.conn_type or "",
-        host=conn.host or "",
-        port=conn.port,
-        login=conn.login or "",
-        password=conn.password or "",
-        schema=conn.schema or "",
-        extra=dict(extra or {}),
-    )
+    return ConnectionInfo.of(conn_id, conn)

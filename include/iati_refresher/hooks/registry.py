@@ -56,13 +56,5 @@ class IatiRegistryHook(BaseHook):
 
     def get_conn(self) -> RegistrySource:
         """The registry source for ``settings.registry_source`` at the connection's base URL."""
-        conn = self.get_connection(self.iati_registry_conn_id)
-        info = ConnectionInfo(
-            conn_id=self.iati_registry_conn_id,
-            conn_type=conn.conn_type or "",
-            host=conn.host or "",
-            port=conn.port,
-            schema=conn.schema or "",
-            extra=dict(conn.extra_dejson or {}),
-        )
+        info = ConnectionInfo.of(self.iati_registry_conn_id, self.get_connection(self.iati_registry_conn_id))
         return build_source(self.settings, info.base_url(default_scheme="https"), extra=info.extra)

@@ -52,16 +52,7 @@ class SolrHook(BaseHook):
         }
 
     def connection_info(self) -> ConnectionInfo:
-        conn = self.get_connection(self.solr_conn_id)
-        return ConnectionInfo(
-            conn_id=self.solr_conn_id,
-            conn_type=conn.conn_type or "",
-            host=conn.host or "",
-            port=conn.port,
-            login=conn.login or "",
-            password=conn.password or "",
-            schema=conn.schema or "",
-        )
+        return ConnectionInfo.of(self.solr_conn_id, self.get_connection(self.solr_conn_id))
 
     def get_conn(self) -> SolrClient:
         """A new client for the connection (the caller closes it)."""

@@ -67,17 +67,7 @@ class IatiValidatorHook(BaseHook):
         }
 
     def get_conn(self) -> ValidatorClient:
-        conn = self.get_connection(self.iati_validator_conn_id)
-        info = ConnectionInfo(
-            conn_id=self.iati_validator_conn_id,
-            conn_type=conn.conn_type or "",
-            host=conn.host or "",
-            port=conn.port,
-            login=conn.login or "",
-            password=conn.password or "",
-            schema=conn.schema or "",
-            extra=dict(conn.extra_dejson or {}),
-        )
+        info = ConnectionInfo.of(self.iati_validator_conn_id, self.get_connection(self.iati_validator_conn_id))
         client = client_from_connection(info, self.settings)
         self.log.info("Validator API at %s (key header %s)", client.base_url, client.key_name)
         return client

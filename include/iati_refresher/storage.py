@@ -142,9 +142,13 @@ class LocalBlobStore:
 
     def list(self, container: str, prefix: str = "") -> Iterator[str]:
         base = self.root / _check_name(container)
-        if not base.is_dir():
+        # Names are paths: only the prefix's directory part can hold matches, so walk that
+        # alone (one dataset's lake folder, not every activity of every dataset).
+        folder = prefix.rpartition("/")[0]
+        start = base / _check_name(folder) if folder else base
+        if not start.is_dir():
             return
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, _dirs, files in os.walk(start):
             for f in files:
                 if f.startswith(".tmp-"):
                     continue

@@ -174,6 +174,19 @@ def _children_skip_main_module() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
+def _kill_workers(executor: Executor) -> None:
+    """Kill what is left of a broken process pool.
+
+    CPython's own clean-up terminates the workers it knows and then waits for all of them;
+    a worker started while the pool was breaking can miss the terminate, and the wait (and
+    so this task) then hangs for ever.
+    """
+    processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(Exception):
+            process.kill()
+
+
 def run_pool(
     fn: WorkerFn,
     docs: Sequence[dict[str, Any]],
@@ -215,6 +228,7 @@ def run_pool(
                 except BrokenProcessPool:
                     # A worker died while the caller was recording an outcome: the pending
                     # futures fail with BrokenProcessPool below and take the queue with them.
+                    _kill_workers(executor)
                     break
                 pending[future] = queue.pop(0)
             if not pending:  # the pool broke before anything was in flight
@@ -230,6 +244,7 @@ def run_pool(
                 try:
                     yield doc, future.result()
                 except BrokenProcessPool:
+                    _kill_workers(executor)
                     yield doc, Outcome.failed(
                         doc["id"], "worker_crashed", "the worker process died while processing this document",
                         retryable=True,

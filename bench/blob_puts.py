@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(PROJECT), str(PROJECT / "bench")]
+sys.path.insert(0, str(PROJECT))  # tests.support: the tests' Azurite
 
 
 def _cpu_s(pid: int) -> float:
@@ -52,11 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-memory", action="store_true", help="Azurite --inMemoryPersistence")
     args = parser.parse_args(argv)
 
-    from e2e import _azurite_class
-
     from iati_refresher.storage import AzureBlobStore
+    from tests.support.services import Azurite
 
-    azurite = _azurite_class()(in_memory=args.in_memory).start()
+    azurite = Azurite(in_memory=args.in_memory).start()
     try:
         store = AzureBlobStore(azurite.connection_string)
         store.ensure_containers(["lake"])

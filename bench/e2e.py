@@ -391,20 +391,6 @@ class StandIn:
                 self.proc.wait()
 
 
-def _azurite_class() -> type:
-    """The tests' Azurite; ``in_memory=True`` runs it without disk persistence.
-
-    On disk, Azurite keeps blob metadata in one JSON document that it rewrites as a whole
-    every few seconds; with the ~200,000 lake blobs of a 100,000-activity registry that
-    document passes 100 MB and the rewrites dominate its CPU, slowing every blob operation
-    as the store grows (Azure itself has no such cost).  In memory it holds every blob in
-    its own process instead, which needs several GB for such a registry.
-    """
-    from tests.support import services
-
-    return services.Azurite
-
-
 # =======================================================================================
 # measuring processes: /proc sampling
 # =======================================================================================
@@ -688,7 +674,10 @@ class Bench:
             admin.execute(f'CREATE DATABASE "{self.dbname}"')
         os.environ["AIRFLOW_CONN_REFRESHER_DB"] = services.airflow_uri(self.dbname)
         if self.args.blob in ("azurite", "azurite-memory"):
-            self.azurite = _azurite_class()(in_memory=self.args.blob == "azurite-memory").start()
+            # On disk Azurite rewrites one metadata document holding every blob as the store
+            # grows (~200,000 lake blobs at 100,000 activities); in memory it holds every blob
+            # in its own process (several GB at that size). Azure has neither cost.
+            self.azurite = services.Azurite(in_memory=self.args.blob == "azurite-memory").start()
             os.environ["AIRFLOW_CONN_REFRESHER_BLOB"] = json.dumps(
                 {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}})
         else:

@@ -74,7 +74,7 @@ class Azurite:
         self.blob_port = free_port()
         self.queue_port = free_port()
         self.location = tempfile.mkdtemp(prefix="azurite-")
-        # In memory: no metadata document rewritten to disk (see bench/e2e.py).
+        # In memory: faster for big benchmark stores, but every blob held in Azurite's process.
         self.in_memory = in_memory
         self.proc: subprocess.Popen[bytes] | None = None
 

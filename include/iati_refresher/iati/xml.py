@@ -69,13 +69,16 @@ def activities_root(events: Iterator[tuple[str, Any]]) -> Any | None:
     return element
 
 
-def iter_root_activities(events: Iterator[tuple[str, Any]], root: Any) -> Iterator[Any]:
-    """The activities among iterparse ``("start", "end")`` events read after ``root``'s start.
+def iter_root_activities(events: Iterator[tuple[str, Any]], root: Any | None) -> Iterator[Any]:
+    """The activities among iterparse ``("start", "end")`` events read after ``root``'s start
+    (none when there is no root, as :func:`activities_root` says of an empty stream).
 
     Only direct children of the root are activities (the Validator counts them so).  Once
     the caller asks for the next one, the previous activity and everything before it are
     freed, so memory is bounded by the largest activity.
     """
+    if root is None:
+        return
     for event, element in events:
         if event != "end" or element.tag != IATI_ACTIVITY:
             continue

@@ -32,7 +32,9 @@ from iati_refresher.iati.xml import (
     IATI_ACTIVITIES,
     IATI_ACTIVITY,
     IATI_ORGANISATIONS,
+    NotIatiError,
     XmlRefused,
+    activities_root,
     check_prolog,
     iter_root_activities,
     safe_iterparse,
@@ -162,12 +164,12 @@ def _reduce(path: str, keep: set[int], dst_path: str | os.PathLike[str]) -> tupl
     """Stream ``path`` and write the kept activities; returns (activities seen, kept)."""
     # No recovery: a file that is not well-formed is refused, as in the reference.
     events = iter(safe_iterparse(path, events=("start", "end"), tag=(IATI_ACTIVITIES, IATI_ACTIVITY)))
-    first = next(events, None)
-    if first is None:
+    try:
+        root = activities_root(events)
+    except NotIatiError as exc:
+        raise CleanSkipped("not_iati", "The root element is not iati-activities") from exc
+    if root is None:
         raise CleanSkipped("not_iati", "The file has no iati-activities root element")
-    event, root = first
-    if event != "start" or root.tag != IATI_ACTIVITIES or root.getparent() is not None:
-        raise CleanSkipped("not_iati", "The root element is not iati-activities")
     total = kept = 0
     with open(dst_path, "wb") as out:
         out.write(XML_DECLARATION)

@@ -274,7 +274,7 @@ class _ActivityStream:
         try:
             root = activities_root(events)
             dataset = _dataset_fields(root.attrib) if root is not None else {}
-            for element in iter_root_activities(events, root) if root is not None else ():
+            for element in iter_root_activities(events, root):
                 nsmap = element.nsmap
                 key = tuple(nsmap.items())
                 naming = namings.get(key)

@@ -209,7 +209,7 @@ class _EntryStream:
         events = iter(context)
         try:
             root = activities_root(events)
-            for element in iter_root_activities(events, root) if root is not None else ():
+            for element in iter_root_activities(events, root):
                 identifier = identifier_of(element)
                 if identifier:
                     occurrence = seen[identifier]

@@ -11,6 +11,7 @@ unexport PYTHONDONTWRITEBYTECODE
 STAMP := $(VENV)/.deps-stamp
 SCHEMAS := include/iati_refresher/validation/schemas/SOURCE.txt
 AZURITE := tools/node_modules/.bin/azurite-blob
+export REFRESHER_LOCAL_PG_PORT ?= 55432
 
 .PHONY: deps run test test-fast up down lint lock ui-check bench conformance clean services
 
@@ -33,13 +34,16 @@ $(AZURITE): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(AZURITE)
 
-services:
-	@scripts/ensure-postgres.sh
+# The project's own PostgreSQL cluster (.run/pg on 127.0.0.1:$(REFRESHER_LOCAL_PG_PORT)), for
+# benchmarks and ui-check; `make run` and `make up` start it themselves, `make down` stops it.
+# (`make test` starts a throw-away cluster of its own.)
+services: deps
+	@$(PY) -m iati_refresher.localservers postgres start --dir .run/pg --port $(REFRESHER_LOCAL_PG_PORT)
 
-test: deps services
+test: deps
 	$(PY) -m pytest -q
 
-test-fast: deps services
+test-fast: deps
 	$(PY) -m pytest -q -m "not e2e and not slow"
 
 run: deps

@@ -1,9 +1,9 @@
 """`make run`: the whole pipeline once, offline, on embedded defaults.
 
-* refresher database: ``AIRFLOW_CONN_REFRESHER_DB`` if set; else the PostgreSQL on
-  127.0.0.1:5432 if one answers (database ``iati_refresher_sample``, recreated on every
-  run so the demo always shows the whole journey); else an embedded PostgreSQL (pgserver)
-  under ``.run/postgres``;
+* refresher database: ``AIRFLOW_CONN_REFRESHER_DB`` if set; else the project's own
+  PostgreSQL cluster in ``.run/pg`` on 127.0.0.1:``REFRESHER_LOCAL_PG_PORT`` (55432), started
+  from the machine's PostgreSQL programs (:mod:`iati_refresher.localservers`), database
+  ``iati_refresher_sample`` recreated on every run so the demo always shows the whole journey;
 * blob storage: the local directory ``.run/blobs``, emptied with the sample database
   (unless ``AIRFLOW_CONN_REFRESHER_BLOB``);
 * registry: the sample registry the project ships, served on loopback by a
@@ -15,11 +15,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,44 +24,26 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 RUN_DIR = PROJECT / ".run"
 AIRFLOW_HOME = PROJECT / ".airflow"
-PGSERVER_VERSION = "0.1.4"
-
-
-def _pg_reachable(host: str = "127.0.0.1", port: int = 5432) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
-        return True
-    return False
 
 
 def refresher_database() -> str:
+    """``AIRFLOW_CONN_REFRESHER_DB`` if set; else a fresh sample database on the project's own
+    PostgreSQL cluster (``.run/pg``, started when not running, left running for
+    ``refresher status``; ``make down`` stops it)."""
     if os.environ.get("AIRFLOW_CONN_REFRESHER_DB"):
         return os.environ["AIRFLOW_CONN_REFRESHER_DB"]
-    import psycopg
+    from iati_refresher.localservers import LocalPostgres, ServerUnavailable
 
-    if _pg_reachable():
-        admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS iati_refresher_sample WITH (FORCE)")
-            conn.execute("CREATE DATABASE iati_refresher_sample")
-        shutil.rmtree(RUN_DIR / "blobs", ignore_errors=True)
-        print("fresh sample database iati_refresher_sample on 127.0.0.1:5432, blobs in .run/blobs")
-        return "postgresql://postgres@127.0.0.1:5432/iati_refresher_sample"
-    print("No PostgreSQL on 127.0.0.1:5432: starting an embedded one (pgserver) in .run/postgres")
+    port = int(os.environ.get("REFRESHER_LOCAL_PG_PORT") or 55432)
     try:
-        import pgserver
-    except ImportError:
-        # Only needed on machines without PostgreSQL, so not part of the lock's default set.
-        subprocess.run([sys.executable, "-m", "uv", "pip", "install", "-q", "-p", sys.executable,
-                        f"pgserver=={PGSERVER_VERSION}"], check=True)
-        import pgserver
-    server = pgserver.get_server(str(RUN_DIR / "postgres"), cleanup_mode="stop")
-    server.psql("SELECT 1")
-    with contextlib.suppress(Exception):
-        server.psql("DROP DATABASE IF EXISTS iati_refresher_sample;")
-    server.psql("CREATE DATABASE iati_refresher_sample;")
+        server = LocalPostgres(RUN_DIR / "pg", port).start()
+    except ServerUnavailable as exc:
+        raise SystemExit(f"make run needs PostgreSQL: {exc}") from None
+    uri = server.create_database("iati_refresher_sample", fresh=True)
     shutil.rmtree(RUN_DIR / "blobs", ignore_errors=True)
-    uri = server.get_uri("iati_refresher_sample")
-    return uri.replace("postgresql://", "postgresql://", 1)
+    print(f"fresh sample database iati_refresher_sample on the project's PostgreSQL (127.0.0.1:{port}, .run/pg); "
+          "blobs in .run/blobs")
+    return uri
 
 
 def main() -> int:

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # `make ui-check`: start Airflow's API server with the status plugin on a seeded refresher
 # database, log in, and screenshot the pages with headless Chromium (.run/ui-check/*.png).
-# Needs PostgreSQL on 127.0.0.1:5432 (scripts/ensure-postgres.sh starts the local cluster)
-# and installs Debian's chromium when it is missing.
+# Uses the project's PostgreSQL cluster (.run/pg, started when needed) and installs Debian's chromium when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset PYTHONDONTWRITEBYTECODE
@@ -17,5 +16,4 @@ if ! command -v chromium >/dev/null 2>&1; then
     exit 2
   fi
 fi
-scripts/ensure-postgres.sh
 exec .venv/bin/python scripts/ui_check.py "$@"

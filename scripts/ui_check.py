@@ -37,7 +37,6 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 OUT = PROJECT / ".run" / "ui-check"
-PG_ADMIN = os.environ.get("REFRESHER_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 DB_NAME = "iati_uicheck"
 ADMIN_PASSWORD = "ui-check-" + secrets.token_hex(4)
 
@@ -61,23 +60,19 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def fresh_database() -> str:
-    import psycopg
+def project_postgres():
+    """The project's own PostgreSQL cluster (.run/pg), started when it is not running."""
+    from iati_refresher.localservers import LocalPostgres
 
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    params = psycopg.conninfo.conninfo_to_dict(PG_ADMIN)
-    password = f":{params['password']}" if params.get("password") else ""
-    return (f"postgresql://{params.get('user', 'postgres')}{password}@{params.get('host', '127.0.0.1')}:"
-            f"{params.get('port', 5432)}/{DB_NAME}")
+    return LocalPostgres(PROJECT / ".run" / "pg", int(os.environ.get("REFRESHER_LOCAL_PG_PORT") or 55432)).start()
+
+
+def fresh_database() -> str:
+    return project_postgres().create_database(DB_NAME, fresh=True)
 
 
 def drop_database() -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    project_postgres().drop_database(DB_NAME)
 
 
 def seed(conn: Any) -> int:

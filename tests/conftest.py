@@ -3,8 +3,8 @@
 Airflow reads its configuration at import time, so the environment is prepared here,
 before any test module imports it: a throw-away AIRFLOW_HOME with a SQLite metadata
 database, the project's dags/ folder, no examples.  The refresher's own database is real
-PostgreSQL (127.0.0.1:5432): each test gets a fresh, migrated database cloned from a
-template migrated once per session.
+PostgreSQL (the session's own cluster, or ``REFRESHER_TEST_PG``): each test gets a fresh,
+migrated database cloned from a template migrated once per session.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # Never let a developer's real connections leak into tests.
+# REFRESHER_TEST_PG / REFRESHER_TEST_REDIS choose the test servers (tests/support/services.py).
 for _key in list(os.environ):
-    if _key.startswith(("AIRFLOW_CONN_", "REFRESHER_")):
+    if _key.startswith(("AIRFLOW_CONN_", "REFRESHER_")) and not _key.startswith("REFRESHER_TEST_"):
         del os.environ[_key]
 os.environ["REFRESHER_LOCAL_BLOB_DIR"] = os.path.join(_HOME, "blobs")
 

@@ -19,8 +19,36 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent.parent
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (containers,
+    Kubernetes pods), where ``os.cpu_count()`` would report every CPU of the host."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, int(quota + 0.999)))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        limit, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        limit_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if limit_us <= 0 else limit_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
 def _default_pool_size() -> int:
-    return max(1, os.cpu_count() or 1)
+    slots = int(os.environ.get("REFRESHER_CPU_SLOTS_PER_WORKER") or 1)
+    return max(1, usable_cpus() // max(1, slots))
 
 
 @dataclass(frozen=True)
@@ -51,7 +79,15 @@ class Settings:
     batch_size: int = 200  # documents per mapped task instance (at most)
     batch_max_bytes: int = 64 * 1024 * 1024  # ... and source bytes per instance: small files share one, big ones don't
     max_batches_per_stage: int = 400  # keeps each map far below Airflow's max_map_length
-    process_pool_size: int = field(default_factory=_default_pool_size)
+    # Parallelism (README: "Running on Celery and Kubernetes").  A CPU-bound batch (validate
+    # with the built-in validator, clean, flatten, lakify, index) runs its documents in
+    # ``process_pool_size`` worker processes; an Airflow worker runs ``cpu_slots_per_worker``
+    # such batches at once; the ``refresher_cpu`` pool has airflow_workers x cpu_slots_per_worker slots.
+    airflow_workers: int = 1  # machines (Celery workers, pods) that run tasks: sizes the pools
+    cpu_slots_per_worker: int = 1
+    process_pool_size: int = field(default_factory=_default_pool_size)  # default: usable CPUs / cpu_slots_per_worker
+    document_timeout_s: float = 1800.0  # one document in a worker process; then the worker is stopped
+    worker_max_rss_mb: int = 512  # a worker process that grew past this is replaced after its document
     claim_ttl_s: int = 3600  # a crashed worker's claim expires after this
     max_attempts: int = 5  # per stage; after this the document is parked as "gave up"
     retry_base_delay_s: int = 600

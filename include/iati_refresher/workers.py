@@ -1,4 +1,4 @@
-"""Per-document work, run in a pool of threads or processes.
+"""Per-document work, run in a pool of threads or worker processes.
 
 Every function here runs in a worker: it gets plain values (a document row, settings),
 opens its own clients from connections the task resolved for it (workers cannot ask
@@ -9,24 +9,21 @@ so one bad file never fails its batch; the retry cap parks it visibly if it keep
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from functools import cache
-from multiprocessing import get_context
 from typing import Any
 
 from iati_refresher import connections
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
 from iati_refresher.storage import BlobNotFound, BlobStorageError, BlobStore, blob_config_for, open_blob_store
+from iati_refresher.worker_pool import PoolLimits, run_documents
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +31,7 @@ WorkerFn = Callable[..., dict[str, Any]]
 
 
 def init_worker(resolved: dict[str, connections.ConnectionInfo | None]) -> None:
-    """Process-pool initializer: fix the connections this task resolved."""
+    """Set up a worker process: fix the connections its task resolved, log to stderr."""
     connections.preload(resolved)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # One INFO line per HTTP request (Solr, validator, blob service) would flood the task log.
@@ -155,38 +152,6 @@ STAGE_WORKERS: dict[str, WorkerFn] = {
 # --- pools --------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _children_skip_main_module() -> Iterator[None]:
-    """Keep spawned workers from re-running the parent's ``__main__``.
-
-    A spawned child normally re-imports the parent's main module; under Airflow that is the
-    ``airflow`` command itself, which fails outside a task.  The workers only need
-    :mod:`iati_refresher.workers`, which they import by name.
-    """
-    main = sys.modules["__main__"]
-    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__dict__["__spec__"] = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
-
-
-def _kill_workers(executor: Executor) -> None:
-    """Kill what is left of a broken process pool.
-
-    CPython's own clean-up terminates the workers it knows and then waits for all of them;
-    a worker started while the pool was breaking can miss the terminate, and the wait (and
-    so this task) then hangs for ever.
-    """
-    processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
-    for process in list(processes.values()):
-        with contextlib.suppress(Exception):
-            process.kill()
-
-
 def run_pool(
     fn: WorkerFn,
     docs: Sequence[dict[str, Any]],
@@ -198,66 +163,28 @@ def run_pool(
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """Yield (doc, outcome dict) as documents finish, in completion order.
 
-    ``kind`` is ``process`` (CPU-bound stages), ``thread`` (network-bound) or ``inline``.
-    A crashed worker process (killed, out of memory) fails only the documents it had not
-    finished, as retryable ``worker_crashed`` outcomes.
+    ``kind`` is ``process`` (CPU-bound stages: worker processes of
+    :mod:`iati_refresher.worker_pool`, which any executor allows), ``thread``
+    (network-bound: threads of the task process) or ``inline``.
     """
+    if kind == "process":
+        limits = PoolLimits(document_timeout_s=settings.document_timeout_s, max_rss_mb=settings.worker_max_rss_mb)
+        yield from run_documents(fn, docs, settings, size=size, connections=resolved, limits=limits)
+        return
     size = max(1, min(size, len(docs)))
-    # One document still gets a worker process: a file too big to share a batch comes alone,
-    # and its memory (and any crash) must stay out of the task process.
-    if kind == "inline" or (size == 1 and kind != "process"):
+    if kind == "inline" or size == 1:
         with connections.preloaded(resolved):
             for doc in docs:
                 yield doc, fn(doc, settings)
         return
-    executor: Executor
-    if kind == "process":
-        executor = ProcessPoolExecutor(
-            max_workers=size, mp_context=get_context("spawn"), initializer=init_worker, initargs=(resolved,)
-        )
-    else:
-        executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="refresher")
-    with connections.preloaded(resolved), _children_skip_main_module(), executor:
+    with connections.preloaded(resolved), ThreadPoolExecutor(max_workers=size, thread_name_prefix="refresher") as pool:
         pending: dict[Future[dict[str, Any]], dict[str, Any]] = {}
         queue = list(docs)
         # Keep at most 2 x size documents in flight: big batches don't pile up results.
         while queue or pending:
             while queue and len(pending) < 2 * size:
-                try:
-                    future = executor.submit(fn, queue[0], settings)
-                except BrokenProcessPool:
-                    # A worker died while the caller was recording an outcome: the pending
-                    # futures fail with BrokenProcessPool below and take the queue with them.
-                    _kill_workers(executor)
-                    break
-                pending[future] = queue.pop(0)
-            if not pending:  # the pool broke before anything was in flight
-                for other in queue:
-                    yield other, Outcome.failed(
-                        other["id"], "worker_crashed", "the worker pool broke before this document started",
-                        retryable=True,
-                    ).to_dict()
-                return
+                doc = queue.pop(0)
+                pending[pool.submit(fn, doc, settings)] = doc
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                doc = pending.pop(future)
-                try:
-                    yield doc, future.result()
-                except BrokenProcessPool:
-                    _kill_workers(executor)
-                    yield doc, Outcome.failed(
-                        doc["id"], "worker_crashed", "the worker process died while processing this document",
-                        retryable=True,
-                    ).to_dict()
-                    for other, rest in [(pending.pop(f), f) for f in list(pending)]:
-                        rest.cancel()
-                        yield other, Outcome.failed(
-                            other["id"], "worker_crashed", "the worker pool broke before this document finished",
-                            retryable=True,
-                        ).to_dict()
-                    for other in queue:
-                        yield other, Outcome.failed(
-                            other["id"], "worker_crashed", "the worker pool broke before this document started",
-                            retryable=True,
-                        ).to_dict()
-                    return
+                yield pending.pop(future), future.result()

@@ -316,7 +316,7 @@ def test_database_connections_dropped_mid_run_and_solr_down_before_the_index(
     dropped: list[int] = []
 
     def terminate() -> None:
-        with psycopg.connect(services.PG_ADMIN, autocommit=True) as admin:
+        with psycopg.connect(services.pg_admin(), autocommit=True) as admin:
             rows = admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE application_name = 'iati-refresher' AND datname = %s", (world.dbname,)

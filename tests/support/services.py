@@ -1,13 +1,21 @@
-"""Real services for the tests: throw-away PostgreSQL databases and an Azurite process."""
+"""Real services for the tests: throw-away PostgreSQL databases and an Azurite process.
+
+PostgreSQL: ``REFRESHER_TEST_PG`` (a libpq conninfo of a server whose user may create
+databases) when set; otherwise a cluster of the test session's own, started on first use
+from the machine's PostgreSQL programs (:mod:`iati_refresher.localservers`) on a free
+loopback port and stopped when the session ends.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,20 +23,59 @@ from pathlib import Path
 
 import psycopg
 
+from iati_refresher.localservers import LocalPostgres, LocalRedis, free_port
+
 PROJECT = Path(__file__).resolve().parents[2]
-PG_ADMIN = os.environ.get("REFRESHER_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
+_lock = threading.Lock()
+_session_pg: LocalPostgres | None = None
+_session_redis: LocalRedis | None = None
+_session_dir: str | None = None
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def _work_dir() -> str:
+    global _session_dir
+    if _session_dir is None:
+        _session_dir = tempfile.mkdtemp(prefix="refresher-test-services-")
+        atexit.register(shutil.rmtree, _session_dir, ignore_errors=True)
+    return _session_dir
+
+
+def pg_admin() -> str:
+    """The conninfo of a PostgreSQL superuser session on the tests' server (started on demand)."""
+    global _session_pg
+    explicit = os.environ.get("REFRESHER_TEST_PG")
+    if explicit:
+        return explicit
+    with _lock:
+        if _session_pg is None:
+            server = LocalPostgres(Path(_work_dir()) / "pg", free_port(), durable=False).start()
+            atexit.register(server.stop)  # registered after rmtree: runs before it
+            _session_pg = server
+            # Processes the tests start (Airflow components, benchmarks) use the same server.
+            os.environ["REFRESHER_TEST_PG"] = server.conninfo()
+        return _session_pg.conninfo()
+
+
+def redis_url() -> str:
+    """A Redis server for the test session (the Celery broker), started on demand."""
+    global _session_redis
+    explicit = os.environ.get("REFRESHER_TEST_REDIS")
+    if explicit:
+        return explicit
+    with _lock:
+        if _session_redis is None:
+            server = LocalRedis(Path(_work_dir()) / "redis", free_port()).start()
+            atexit.register(server.stop)
+            _session_redis = server
+            os.environ["REFRESHER_TEST_REDIS"] = server.url
+        return _session_redis.url
 
 
 def _admin() -> psycopg.Connection:
-    return psycopg.connect(PG_ADMIN, autocommit=True)
+    return psycopg.connect(pg_admin(), autocommit=True)
 
 
 def create_database(template: str | None = None) -> str:
@@ -47,17 +94,17 @@ def drop_database(name: str) -> None:
 
 
 def conninfo(dbname: str) -> str:
-    base = psycopg.conninfo.conninfo_to_dict(PG_ADMIN)
+    base = psycopg.conninfo.conninfo_to_dict(pg_admin())
     base["dbname"] = dbname
     return psycopg.conninfo.make_conninfo(**base)
 
 
-def airflow_uri(dbname: str) -> str:
-    """The same database as an Airflow connection URI (AIRFLOW_CONN_REFRESHER_DB)."""
-    base = psycopg.conninfo.conninfo_to_dict(PG_ADMIN)
+def airflow_uri(dbname: str, *, driver: str = "postgresql") -> str:
+    """The same database as a URI (AIRFLOW_CONN_REFRESHER_DB; ``driver`` for SQLAlchemy URLs)."""
+    base = psycopg.conninfo.conninfo_to_dict(pg_admin())
     user = base.get("user", "postgres")
     password = f":{base['password']}" if base.get("password") else ""
-    return f"postgresql://{user}{password}@{base.get('host', '127.0.0.1')}:{base.get('port', 5432)}/{dbname}"
+    return f"{driver}://{user}{password}@{base.get('host', '127.0.0.1')}:{base.get('port', 5432)}/{dbname}"
 
 
 def azurite_binary() -> Path:

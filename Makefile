@@ -38,7 +38,7 @@ $(AZURITE): tools/package.json tools/package-lock.json
 # benchmarks and ui-check; `make run` and `make up` start it themselves, `make down` stops it.
 # (`make test` starts a throw-away cluster of its own.)
 services: deps
-	@$(PY) -m iati_refresher.localservers postgres start --dir .run/pg --port $(REFRESHER_LOCAL_PG_PORT)
+	@$(PY) -m iati_refresher.local.servers postgres start --dir .run/pg --port $(REFRESHER_LOCAL_PG_PORT)
 
 test: deps
 	$(PY) -m pytest -q

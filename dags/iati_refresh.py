@@ -1,7 +1,8 @@
 """
 # iati_refresh — keep the IATI datastore fresh
 
-Every 15 minutes: **migrate** the refresher database → **sync** the registry (IATI Bulk
+Every 15 minutes (`REFRESHER_REFRESH_SCHEDULE`): **preflight** (the deployment can run the pipeline; its log names the
+backend of every stage) → **migrate** the refresher database → **sync** the registry (IATI Bulk
 Data Service index, skipped cheaply when its ETag is unchanged) → **download** changed
 datasets → publisher **safety check** → **validate** → **clean** → **flatten** →
 **lakify** → **index** into Solr → **summary**.  Each document stage is mapped over
@@ -16,10 +17,18 @@ batches of documents ready for it; each mapped instance is named after its first
   more than `REFRESHER_RUN_FAILURE_SHARE` of the documents failed, or the sync was refused.
 * A red **sync** summary line "refused: …" means the registry lost more than half of the
   known publishers or datasets: nothing was deleted. Check the Bulk Data Service first.
+* The run pages on-call once (Slack) when anything went wrong beyond per-document data: a
+  batch task that failed after its retries (its documents are then recorded as failed,
+  code `batch_failed`, and retried by a later run), a stage that could not run, a refused
+  sync, the failure threshold.  A run longer than `REFRESHER_RUN_TIMEOUT_S` (6 h) fails
+  and pages, so a hung run never blocks the schedule for long.
 
 ## When something is red
 * A failed mapped batch: open its log (the map index name is the first dataset in the
-  batch); clear the instance to retry it — documents already done are not redone.
+  batch; the page and the summary log link to it); clear the instance to retry it —
+  documents already done are not redone.  The summary lists it as `FAILED`.
+* `preflight` failed: its log says what the deployment lacks (e.g. a shared blob store
+  for Celery workers).
 * `summary` failed: its log lists the failure codes; see the status page
   (*Browse → IATI datasets*) or `refresher status DATASET`.
 * `migrate` failed: the database is at an unexpected migration; run `refresher db current`.
@@ -38,6 +47,7 @@ import pendulum
 from airflow.sdk import Asset, TriggerRule, dag, get_current_context, task
 
 from iati_refresher.alerts import on_failure
+from iati_refresher.settings import get_settings
 
 REGISTRY_CHANGES = Asset(name="iati_registry_changes", uri="iati://registry/changes")
 
@@ -51,20 +61,22 @@ POOLS = {
     "index": "solr",
 }
 STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
+SETTINGS = get_settings()  # environment only: no I/O
 
 
 @dag(
     dag_id="iati_refresh",
-    schedule="*/15 * * * *",
+    schedule=SETTINGS.refresh_cron,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=timedelta(seconds=SETTINGS.run_timeout_s),
     doc_md=__doc__,
     tags=["iati", "refresher"],
     default_args={
         "owner": "iati-refresher",
         "retries": 2,
-        "retry_delay": timedelta(minutes=1),
+        "retry_delay": timedelta(seconds=SETTINGS.task_retry_delay_s),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
         "execution_timeout": timedelta(hours=2),
@@ -72,6 +84,12 @@ STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
     on_failure_callback=on_failure,
 )
 def iati_refresh():
+    @task(retries=0)  # a verdict on the configuration: retrying cannot change it
+    def preflight() -> dict:
+        from iati_refresher import pipeline
+
+        return pipeline.preflight()
+
     @task
     def migrate_database() -> dict:
         from iati_refresher import pipeline
@@ -119,37 +137,46 @@ def iati_refresh():
             pool=POOLS[stage],
             map_index_template="{{ batch_label }}",
             retries=2,
-            on_failure_callback=None,
+            execution_timeout=timedelta(seconds=SETTINGS.batch_timeout_s),
+            on_failure_callback=None,  # the summary pages once for all failed batches of the run
         )
         def run_batch(batch: dict) -> dict:
             from iati_refresher import pipeline
 
             context = get_current_context()
             context["batch_label"] = batch["label"]
-            return pipeline.run_batch(batch, run_id=context["run_id"], dag_id=context["dag"].dag_id)
+            ti = context["ti"]
+            return pipeline.run_batch(batch, run_id=context["run_id"], dag_id=ti.dag_id,
+                                      final_try=pipeline.is_final_try(ti),
+                                      task_label=f"{stage}[{ti.map_index}: {batch['label']}]")
 
         return run_batch.expand(batch=batches)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)  # a verdict, not a flaky call: never retried
-    def summary(sync: dict | None) -> dict:
-        from iati_refresher import metrics, pipeline
+    def summary(sync: dict | None, plans: dict) -> dict:
+        from iati_refresher import alerts, metrics, pipeline
 
+        ti = get_current_context()["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
         metrics.emit_pipeline_gauges()
-        return pipeline.summarise_run(get_current_context()["run_id"], sync)
+        return pipeline.summarise_run(ti.run_id, sync, dag_id=ti.dag_id, plans=plans, task_states=states,
+                                      page=alerts.page)
 
+    checked_config = preflight()
     migrated = migrate_database()
     synced = sync_registry()
-    migrated >> synced
+    checked_config >> migrated >> synced
     announce_registry_changes(synced)
     previous = synced
+    plans = {}
     for stage in STAGES:
-        batches = plan(stage)
+        batches = plans[stage] = plan(stage)
         previous >> batches
         if stage == "validate":
             checked = safety_check()
             previous >> checked >> batches
         previous = run(stage, batches)
-    previous >> summary(synced)
+    previous >> summary(synced, plans)
 
 
 iati_refresh()

@@ -43,10 +43,11 @@ STAGES = ["download", "validate", "clean", "flatten", "lakify", "index"]
     default_args={"owner": "iati-refresher", "retries": 2, "retry_delay": timedelta(minutes=1)},
     on_failure_callback=on_failure,
     params={
-        "datasets": Param([], type="array", items={"type": "string"},
-                          description="dataset ids or names (registry short names)"),
-        "publishers": Param([], type="array", items={"type": "string"},
-                            description="publisher org ids or short names"),
+        # Optional each ("null" in the type): datasets or publishers is enough.
+        "datasets": Param(None, type=["null", "array"], items={"type": "string"},
+                          description="dataset ids or names (registry short names); these or publishers"),
+        "publishers": Param(None, type=["null", "array"], items={"type": "string"},
+                            description="publisher org ids or short names; these or datasets"),
         "from_stage": Param("download", type="string", enum=STAGES, description="first stage to redo"),
         "force_redownload": Param(False, type="boolean", description="download again (implies from download)"),
         "dry_run": Param(True, type="boolean", description="only list what would be reset"),
@@ -58,7 +59,7 @@ def iati_reprocess():
         from iati_refresher import pipeline
 
         params = get_current_context()["params"]
-        selection = pipeline.select_for_reprocess(params["datasets"], params["publishers"])
+        selection = pipeline.select_for_reprocess(params["datasets"] or [], params["publishers"] or [])
         if not selection:
             raise ValueError("no dataset matches the given datasets / publishers")
         return selection

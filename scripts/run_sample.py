@@ -2,7 +2,7 @@
 
 * refresher database: ``AIRFLOW_CONN_REFRESHER_DB`` if set; else the project's own
   PostgreSQL cluster in ``.run/pg`` on 127.0.0.1:``REFRESHER_LOCAL_PG_PORT`` (55432), started
-  from the machine's PostgreSQL programs (:mod:`iati_refresher.localservers`), database
+  from the machine's PostgreSQL programs (:mod:`iati_refresher.local.servers`), database
   ``iati_refresher_sample`` recreated on every run so the demo always shows the whole journey;
 * blob storage: the local directory ``.run/blobs``, emptied with the sample database
   (unless ``AIRFLOW_CONN_REFRESHER_BLOB``);
@@ -32,7 +32,7 @@ def refresher_database() -> str:
     ``refresher status``; ``make down`` stops it)."""
     if os.environ.get("AIRFLOW_CONN_REFRESHER_DB"):
         return os.environ["AIRFLOW_CONN_REFRESHER_DB"]
-    from iati_refresher.localservers import LocalPostgres, ServerUnavailable
+    from iati_refresher.local.servers import LocalPostgres, ServerUnavailable
 
     port = int(os.environ.get("REFRESHER_LOCAL_PG_PORT") or 55432)
     try:

@@ -62,7 +62,7 @@ def log(message: str) -> None:
 
 def project_postgres():
     """The project's own PostgreSQL cluster (.run/pg), started when it is not running."""
-    from iati_refresher.localservers import LocalPostgres
+    from iati_refresher.local.servers import LocalPostgres
 
     return LocalPostgres(PROJECT / ".run" / "pg", int(os.environ.get("REFRESHER_LOCAL_PG_PORT") or 55432)).start()
 

@@ -1,9 +1,15 @@
 """Alerts: one place that decides what pages the on-call engineer, and how.
 
-* DAG-level failure callbacks post to Slack through the slack provider (connection
-  ``slack_oncall``, a Slack incoming webhook); with no such connection they stay silent.
-* Per-dataset failures are data (recorded per document), never pages; the run's summary
-  task fails the run — and so pages — only past the failure threshold.
+Pages go to Slack through the slack provider (connection ``slack_oncall``, an incoming
+webhook); with no such connection they are logged only.
+
+* The ``summary`` task of ``iati_refresh`` pages **once per run** when anything in the run
+  went wrong beyond per-document data: a batch task that failed after its retries (named,
+  with its log link), a stage that could not run, the failure threshold, a refused sync.
+* The DAG-level failure callback pages for the rest (a run that timed out, a task other
+  than the summary that failed the run); it stays quiet when the summary failed the run,
+  because the summary has paged already, with the details.
+* Per-dataset failures are data (recorded per document), never pages.
 """
 
 from __future__ import annotations
@@ -93,16 +99,46 @@ def failure_message(context: dict[str, Any]) -> str | None:
     )
 
 
+#: The task that pages for its own run (see the module docstring).
+SUMMARY_TASK = "summary"
+
+
 def on_failure(context: dict[str, Any]) -> None:
     """DAG-level ``on_failure_callback``: Slack when configured, else a log line only."""
+    ti = context.get("task_instance") or context.get("ti")
+    if ti is not None and getattr(ti, "task_id", None) == SUMMARY_TASK:
+        log.info("the summary task failed the run and paged for it: not paging again")
+        return
     text = failure_message(context)
     if text is None:
         return
+    page(text)
+
+
+def page(text: str) -> bool:
+    """Post ``text`` to the on-call channel; True when it was posted.  Never raises: an alert
+    that fails must not hide the failure it reports."""
     send = slack_sender()
     if send is None:
         log.info("no %s connection: not paging: %s", SLACK, text.splitlines()[0])
-        return
+        return False
     try:
         send(text)
-    except Exception:  # an alert that fails must not hide the original failure
+    except Exception:
         log.exception("could not post the failure alert to Slack")
+        return False
+    return True
+
+
+def task_log_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    """The Airflow UI page of one task instance (its log), as Airflow itself builds it."""
+    from urllib.parse import quote
+
+    try:
+        from airflow.configuration import conf
+
+        base_url = conf.get("api", "base_url", fallback="http://localhost:8080/")
+    except Exception:  # outside Airflow (CLI): the default
+        base_url = "http://localhost:8080/"
+    mapped = f"/mapped/{map_index}" if map_index is not None and map_index >= 0 else ""
+    return f"{base_url.rstrip('/')}/dags/{dag_id}/runs/{quote(run_id)}/tasks/{task_id}{mapped}"

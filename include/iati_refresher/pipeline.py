@@ -8,9 +8,11 @@ travel through XCom).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,6 +25,7 @@ from iati_refresher.db import migrate
 from iati_refresher.db import repository as repo
 from iati_refresher.db.connection import connect, resolve_conninfo
 from iati_refresher.outcomes import Outcome
+from iati_refresher.run_health import FailedBatch, RunHealth, assess
 from iati_refresher.settings import Settings, get_settings
 from iati_refresher.storage import BlobStore, blob_config_for, open_blob_store
 
@@ -63,6 +66,72 @@ def database(settings: Settings | None = None, *, check_schema: bool = True):
         yield conn
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------------------------------
+# preflight
+# ---------------------------------------------------------------------------------------
+
+#: Executors whose tasks all run on the machine of the scheduler (or in the test process).
+LOCAL_EXECUTORS = {"LocalExecutor", "SequentialExecutor", "DebugExecutor", ""}
+
+
+class PreflightFailed(RuntimeError):
+    """The deployment cannot run the pipeline as configured; the message says what to change."""
+
+
+def airflow_executor() -> str:
+    """The configured executor(s) of this Airflow deployment (``[core] executor``)."""
+    try:
+        from airflow.configuration import conf
+
+        return str(conf.get("core", "executor", fallback="") or "")
+    except Exception:  # outside Airflow (CLI)
+        return ""
+
+
+def preflight(settings: Settings | None = None, *, executor: str | None = None) -> dict[str, Any]:
+    """Check the deployment before the run does anything; log the backend of every stage.
+
+    Refuses a local blob directory under a distributed executor (Celery, Kubernetes):
+    each worker would write files the others cannot read, and documents would fail one
+    stage later on another machine — unless ``REFRESHER_LOCAL_BLOB_DIR_SHARED`` says the
+    directory is a mount all workers share.
+    """
+    from iati_refresher.clients import solr_for
+
+    settings = settings or get_settings()
+    executor = airflow_executor() if executor is None else executor
+    names = [e.split(":")[-1].rsplit(".", 1)[-1].strip() for e in executor.split(",")]
+    distributed = [n for n in names if n not in LOCAL_EXECUTORS]
+    blob = blob_config_for(settings)
+    validator = connections.get_connection(connections.VALIDATOR)
+    solr = solr_for(settings)
+    backends = {
+        "executor": executor or "(default)",
+        "storage": blob.describe(),
+        "registry": f"{settings.registry_source} at {_registry_url(settings)}",
+        "validator": f"IATI Validator API at {validator.base_url()}" if validator else "built-in schema validator",
+        "index": f"Solr at {solr.base_url}" if solr is not None else "not configured: indexing skipped",
+        "alerts": "Slack (slack_oncall)" if connections.get_connection(connections.SLACK) else "logged only",
+    }
+    if solr is not None:
+        solr.close()
+    for what, where in backends.items():
+        log.info("preflight: %-9s %s", what, where)
+    if distributed and blob.backend == "local" and not settings.local_blob_dir_shared:
+        raise PreflightFailed(
+            f"the {', '.join(distributed)} runs tasks on several machines, but blob storage is the local directory "
+            f"{blob.local_dir} of each one: configure the '{connections.BLOB_STORAGE}' connection (Azure Blob "
+            "Storage), or set REFRESHER_LOCAL_BLOB_DIR_SHARED=true if that directory is a mount every worker shares")
+    return backends
+
+
+def _registry_url(settings: Settings) -> str:
+    conn = connections.get_connection(connections.REGISTRY)
+    if conn is not None:
+        return conn.base_url()
+    return settings.bds_url if settings.registry_source == "bds" else settings.ckan_url
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,25 +353,43 @@ class ClaimKeeper:
                 conn.close()
 
 
+def batch_owner(run_id: str, stage: str, key: str) -> str:
+    """The claim owner of one batch: the same for every try of its task, so a retry (or the
+    summary, after the task was lost) can take over claims a dead try left behind."""
+    return f"{run_id}:{stage}:{key}"
+
+
+def is_final_try(ti: Any) -> bool:
+    """Whether this try of an Airflow task instance is its last (no retry would follow a failure)."""
+    try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+    return try_number is None or max_tries is None or int(try_number) > int(max_tries)
+
+
 def run_batch(
     batch: dict[str, Any],
     *,
     run_id: str,
     dag_id: str,
     settings: Settings | None = None,
+    final_try: bool = True,
+    task_label: str | None = None,
 ) -> dict[str, Any]:
     """Claim the batch's documents, run the stage on each, record every outcome.
 
     Only documents still ready when claimed are processed (another run may have done them).
-    A document's markers are written only after its output is stored.
+    A document's markers are written only after its output is stored.  When the batch
+    itself fails (database lost, the task's deadline, a bug) on its ``final_try``, every
+    document it had not settled gets a failed ``batch_failed`` outcome naming the task and
+    the error before the exception goes on: no document is left looking untouched.
     """
     settings = settings or get_settings()
     stage = batch["stage"]
-    owner = f"{run_id}:{stage}:{batch.get('key', '')}"
+    owner = batch_owner(run_id, stage, batch.get("key", ""))
     started = utcnow()
     counts = {"documents_in": 0, "documents_ok": 0, "documents_skipped": 0, "documents_failed": 0,
               "activities": 0, "bytes": 0}
     codes: dict[str, int] = {}
+    settled: set[str] = set()
     with database(settings) as conn:
         claimed = repo.claim(conn, batch["ids"], stage, owner, settings.claim_ttl_s)
         docs = repo.ready_documents(conn, stage, ids=claimed, owner=owner,
@@ -315,26 +402,100 @@ def run_batch(
         keeper = ClaimKeeper(resolve_conninfo(), [d["id"] for d in docs], owner, settings.claim_ttl_s).start()
         try:
             pending = _prepare(conn, stage, docs)
+            settled.update(d["id"] for d in docs)
+            settled.difference_update(d["id"] for d in pending)
             counts["documents_ok"] += len(docs) - len(pending)  # settled without a worker (reused report)
             for doc, raw in _execute(stage, pending, settings):
                 outcome = Outcome.from_dict(raw)
                 _apply(conn, stage, doc, outcome, settings, run_id)
                 conn.commit()
+                settled.add(doc["id"])
                 counts[f"documents_{outcome.status}" if outcome.status != "failed" else "documents_failed"] += 1
                 counts["activities"] += int(outcome.data.get("activities") or 0)
                 counts["bytes"] += int(outcome.data.get("bytes") or 0)
                 if outcome.code and outcome.status != "ok":
                     codes[outcome.code] = codes.get(outcome.code, 0) + 1
+        except BaseException as exc:  # the task's deadline (AirflowTaskTimeout) is a BaseException
+            if final_try:
+                unsettled = [d for d in docs if d["id"] not in settled]
+                label = task_label or f"{stage}[{batch.get('label', '')}]"
+                message = f"the {label} task failed after its retries: {_exception_text(exc)}"
+                failed = _record_batch_failure(settings, stage, unsettled, run_id, message)
+                counts["documents_failed"] += failed
+                codes["batch_failed"] = codes.get("batch_failed", 0) + failed
+                log.error("%s: %d documents recorded as failed (batch_failed)", label, failed)
+            raise
         finally:
             keeper.stop()
-            conn.rollback()
-            repo.release(conn, [d["id"] for d in docs], owner)
-            repo.record_telemetry(conn, {"run_id": run_id, "dag_id": dag_id, "stage": stage,
-                                         "batch": batch.get("key", ""), "started_at": started,
-                                         "finished_at": utcnow(), **counts})
-            conn.commit()
+            with contextlib.suppress(psycopg.Error):  # the database may be what failed
+                conn.rollback()
+                repo.release(conn, [d["id"] for d in docs], owner)
+                repo.record_telemetry(conn, {"run_id": run_id, "dag_id": dag_id, "stage": stage,
+                                             "batch": batch.get("key", ""), "started_at": started,
+                                             "finished_at": utcnow(), **counts})
+                conn.commit()
     log.info("%s batch %s: %s %s", stage, batch.get("label"), counts, codes or "")
-    return {**counts, "stage": stage, "codes": codes}
+    return {**counts, "stage": stage, "key": batch.get("key", ""), "codes": codes}
+
+
+def _exception_text(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return text[:1000]
+
+
+def _record_batch_failure(
+    settings: Settings, stage: str, docs: Sequence[dict[str, Any]], run_id: str, message: str
+) -> int:
+    """Failed, retryable ``batch_failed`` outcomes for ``docs``, on a connection of its own
+    (the batch's may be the broken part).  Returns how many were recorded."""
+    if not docs:
+        return 0
+    try:
+        with database(settings) as conn:
+            repo.record_outcomes(
+                conn, stage,
+                [{"document_id": d["id"], "hash": d["hash"], "status": "failed", "code": "batch_failed",
+                  "message": message, "retryable": True} for d in docs],
+                run_id=run_id, max_attempts=settings.max_attempts, base_delay_s=settings.retry_base_delay_s,
+                max_delay_s=settings.retry_max_delay_s,
+            )
+            conn.commit()
+    except Exception:  # the summary records what this could not (its backstop)
+        log.exception("could not record the failure of %d documents", len(docs))
+        return 0
+    return len(docs)
+
+
+def record_lost_batches(
+    failed: Sequence[FailedBatch], *, run_id: str, dag_id: str, settings: Settings | None = None,
+    log_url: Callable[[FailedBatch], str] | None = None,
+) -> dict[str, int]:
+    """The summary's backstop: documents of batch tasks that failed without recording it
+    (their process was killed, lost its heartbeat, or never started) get ``batch_failed``
+    outcomes now.  Returns the number recorded per batch task."""
+    settings = settings or get_settings()
+    recorded: dict[str, int] = {}
+    with database(settings) as conn:
+        for batch in failed:
+            owner = batch_owner(run_id, batch.stage, batch.key)
+            docs = repo.unsettled_documents(conn, batch.stage, list(batch.ids), run_id=run_id, owner=owner,
+                                            safety_period_s=settings.safety_check_period_s)
+            conn.rollback()
+            where = f" (log: {log_url(batch)})" if log_url else ""
+            if batch.state == "failed":
+                message = f"the {batch.task} task failed after its retries without finishing{where}"
+            else:
+                message = f"the {batch.task} task did not run ({batch.state}){where}"
+            n = _record_batch_failure(settings, batch.stage, docs, run_id, message)
+            repo.release(conn, list(batch.ids), owner)
+            if n:
+                now = utcnow()
+                repo.record_telemetry(conn, {"run_id": run_id, "dag_id": dag_id, "stage": batch.stage,
+                                             "batch": batch.key, "started_at": now, "finished_at": now,
+                                             "documents_in": n, "documents_failed": n})
+            conn.commit()
+            recorded[batch.task] = n
+    return recorded
 
 
 def _prepare(conn: psycopg.Connection, stage: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -520,9 +681,61 @@ def unflag_publisher(publisher: str, settings: Settings | None = None) -> list[s
 # ---------------------------------------------------------------------------------------
 
 
-def summarise_run(run_id: str, sync: dict[str, Any] | None, settings: Settings | None = None) -> dict[str, Any]:
-    """Per-stage counts of this run, backlogs and parked documents; fails past the threshold."""
+def summarise_run(
+    run_id: str,
+    sync: dict[str, Any] | None,
+    settings: Settings | None = None,
+    *,
+    dag_id: str = "iati_refresh",
+    plans: dict[str, list[dict[str, Any]] | None] | None = None,
+    task_states: dict[str, Any] | None = None,
+    page: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """Per-stage counts of this run, backlogs and parked documents, and the verdict.
+
+    With ``plans`` (each plan task's batches) and ``task_states`` (Airflow's state of every
+    task instance of the run), batch tasks that failed after their retries or never ran
+    are found, their untouched documents recorded as failed (:func:`record_lost_batches`),
+    and counted.  ``page`` is called once with everything that went wrong beyond
+    per-document data.  Raises :class:`RunUnhealthy` (failing the run) when a stage could
+    not run or every batch of a stage failed, another task failed, the sync was refused, or
+    the failed documents cross the threshold.  When the summary itself cannot run (the
+    database is away), it pages that before failing: the DAG callback leaves it to us.
+    """
+    try:
+        return _summarise_run(run_id, sync, settings, dag_id=dag_id, plans=plans, task_states=task_states,
+                              page=page)
+    except RunUnhealthy:
+        raise
+    except Exception as exc:
+        if page is not None:
+            from iati_refresher.alerts import task_log_url
+
+            page(f":red_circle: *{dag_id}* run `{run_id}` failed: the summary could not assess it "
+                 f"({_exception_text(exc)}) <{task_log_url(dag_id, run_id, 'summary')}|View log>")
+        raise
+
+
+def _summarise_run(
+    run_id: str,
+    sync: dict[str, Any] | None,
+    settings: Settings | None,
+    *,
+    dag_id: str,
+    plans: dict[str, list[dict[str, Any]] | None] | None,
+    task_states: dict[str, Any] | None,
+    page: Callable[[str], Any] | None,
+) -> dict[str, Any]:
+    from iati_refresher.alerts import task_log_url
+
     settings = settings or get_settings()
+    health = assess(STAGES, plans or {}, task_states) if task_states is not None else RunHealth()
+
+    def log_url(batch: FailedBatch) -> str:
+        return task_log_url(dag_id, run_id, batch.stage, batch.map_index)
+
+    lost = record_lost_batches(health.failed_batches, run_id=run_id, dag_id=dag_id, settings=settings,
+                               log_url=log_url) if health.failed_batches else {}
     with database(settings) as conn:
         stages = {r["stage"]: r for r in repo.run_summary(conn, run_id)}
         backlog = repo.stage_backlogs(conn, safety_period_s=settings.safety_check_period_s)
@@ -532,12 +745,14 @@ def summarise_run(run_id: str, sync: dict[str, Any] | None, settings: Settings |
     for stage in STAGES:
         r = stages.get(stage)
         note = stage_available(stage, settings) or ""
+        ok, skipped, failed = (int(r[k]) if r else 0 for k in ("documents_ok", "documents_skipped",
+                                                                 "documents_failed"))
         rows.append({
             "stage": stage,
-            "documents": int(r["documents_in"]) if r else 0,
-            "ok": int(r["documents_ok"]) if r else 0,
-            "skipped": int(r["documents_skipped"]) if r else 0,
-            "failed": int(r["documents_failed"]) if r else 0,
+            "documents": ok + skipped + failed,
+            "ok": ok,
+            "skipped": skipped,
+            "failed": failed,
             "activities": int(r["activities"]) if r else 0,
             "seconds": round(float(r["duration_s"] or 0), 1) if r else 0.0,
             "backlog": backlog.get(stage, 0),
@@ -545,9 +760,13 @@ def summarise_run(run_id: str, sync: dict[str, Any] | None, settings: Settings |
         })
     processed = sum(r["documents"] for r in rows)
     failed = sum(r["failed"] for r in rows)
-    summary = {"run_id": run_id, "sync": sync or {}, "stages": rows,
-               "parked": [dict(p) for p in parked], "processed": processed, "failed": failed}
-    problems = []
+    summary: dict[str, Any] = {
+        "run_id": run_id, "sync": sync or {}, "stages": rows, "parked": [dict(p) for p in parked],
+        "processed": processed, "failed": failed,
+        "failed_batches": [{"task": b.task, "state": b.state, "documents": len(b.ids), "log": log_url(b),
+                            "recorded_now": lost.get(b.task, 0)} for b in health.failed_batches],
+    }
+    problems = [*health.task_problems, *health.stage_problems]
     if sync and sync.get("refused"):
         problems.append(f"registry sync {sync['refused']}")
     if failed >= settings.run_failure_min_count and failed > settings.run_failure_share * max(processed, 1):
@@ -555,9 +774,29 @@ def summarise_run(run_id: str, sync: dict[str, Any] | None, settings: Settings |
                         f"{settings.run_failure_share:.0%} and at least {settings.run_failure_min_count})")
     summary["problems"] = problems
     log.info("run summary\n%s", format_summary(summary))
+    if page is not None and (problems or health.failed_batches):
+        page(run_alert_text(dag_id, run_id, summary))
     if problems:
         raise RunUnhealthy("; ".join(problems))
     return summary
+
+
+def run_alert_text(dag_id: str, run_id: str, summary: dict[str, Any]) -> str:
+    """The one Slack message of a run that went wrong: what failed, where to look."""
+    from iati_refresher.alerts import task_log_url
+
+    problems = summary.get("problems") or []
+    if problems:
+        lines = [f":red_circle: *{dag_id}* run `{run_id}` failed: {problems[0]}"]
+        lines += [f"- {p}" for p in problems[1:]]
+    else:
+        lines = [f":warning: *{dag_id}* run `{run_id}`: some batch tasks failed after their retries"]
+    for batch in summary.get("failed_batches") or []:
+        verb = "failed after its retries" if batch["state"] == "failed" else f"did not run ({batch['state']})"
+        lines.append(f"- *{dag_id}.{batch['task']}* {verb}; its {batch['documents']} documents are recorded "
+                     f"as failed (batch_failed) <{batch['log']}|View log>")
+    lines.append(f"Summary: <{task_log_url(dag_id, run_id, 'summary')}|View log>")
+    return "\n".join(lines)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -576,6 +815,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"~{sync.get('updated', 0)} -{sync.get('removed', 0)} ={sync.get('unchanged', 0)}"
                 f"{'; rejected ' + str(sync['rejected']) if sync.get('rejected') else ''}"
             )
+    for batch in summary.get("failed_batches") or []:
+        lines.append(f"FAILED    {batch['task']}: {batch['state']} ({batch['documents']} documents) {batch['log']}")
+    for problem in summary.get("problems") or []:
+        lines.append(f"PROBLEM   {problem}")
     lines.append(f"{'stage':9} {'docs':>5} {'ok':>5} {'skip':>5} {'fail':>5} {'activities':>10} "
                  f"{'seconds':>8} {'backlog':>7}")
     for r in summary["stages"]:

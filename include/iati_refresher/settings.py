@@ -101,6 +101,9 @@ class Settings:
 
     # --- blob storage -----------------------------------------------------------------------
     local_blob_dir: str = str(Path.home() / ".iati-refresher" / "blobs")
+    # With a distributed executor (Celery, Kubernetes) every worker must see the same files:
+    # a local directory is refused unless it is declared a shared mount (NFS, Azure Files).
+    local_blob_dir_shared: bool = False
     source_container: str = "source"
     clean_container: str = "clean"
     lake_container: str = "lake"
@@ -122,7 +125,12 @@ class Settings:
     solr_commit_within_ms: int = 15000
     solr_max_retries: int = 2  # quick in-request retries on connection errors and 502/503/504
 
-    # --- run health --------------------------------------------------------------------------
+    # --- scheduling and run health ------------------------------------------------------------
+    refresh_schedule: str = "*/15 * * * *"  # cron of iati_refresh; "none" = only when triggered
+    task_retry_delay_s: int = 60  # Airflow retries of a failed task wait this, doubling (at most 10 min)
+    batch_timeout_s: int = 7200  # a batch task that runs longer is stopped (and retried)
+    run_timeout_s: int = 6 * 3600  # an iati_refresh run that runs longer fails and pages (a hung run
+    # would otherwise block every later run: max_active_runs is 1)
     run_failure_share: float = 0.25  # the summary fails the run when more failed than this share
     run_failure_min_count: int = 10  # ... and at least this many documents failed
     schemas_dir: str = str(PACKAGE_DIR / "validation" / "schemas")
@@ -139,6 +147,11 @@ class Settings:
             values[f.name] = _coerce(f, raw)
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def refresh_cron(self) -> str | None:
+        """The schedule of iati_refresh (None: only when triggered)."""
+        return None if self.refresh_schedule.strip().lower() in ("", "none") else self.refresh_schedule.strip()
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -61,7 +61,7 @@ def _receive(stream: IO[bytes]) -> Any:
     payload = stream.read(size)
     if len(payload) < size:
         raise EOFError("the other side closed the pipe mid-message")
-    return pickle.loads(payload)  # noqa: S301 - our own process on the other end of a private pipe
+    return pickle.loads(payload)  # our own process on the other end of a private pipe
 
 
 @dataclass(frozen=True)

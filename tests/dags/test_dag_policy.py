@@ -60,8 +60,33 @@ def test_refresh_maps_per_document_work_over_named_batches(dagbag) -> None:
         assert task.pool == pool
         assert task.map_index_template
         assert task.on_failure_callback in (None, [])  # per-dataset failures never page
-    order = ["migrate_database", "sync_registry", "plan_download", "download", "safety_check", "plan_validate",
+    order = ["preflight", "migrate_database", "sync_registry", "plan_download", "download", "safety_check", "plan_validate",
              "validate", "plan_clean", "clean", "plan_flatten", "flatten", "plan_lakify", "lakify", "plan_index",
              "index", "summary"]
     for before, after in itertools.pairwise(order):
         assert after in dag.task_dict[before].get_flat_relative_ids(upstream=False), f"{before} must run before {after}"
+
+
+def test_a_hung_refresh_run_times_out_and_batches_have_a_deadline(dagbag) -> None:
+    """max_active_runs=1: a run that never ends would block every later one, silently."""
+    from iati_refresher.settings import Settings
+
+    dag = dagbag.dags["iati_refresh"]
+    assert dag.dagrun_timeout is not None
+    assert dag.dagrun_timeout.total_seconds() == Settings().run_timeout_s
+    for stage in ("download", "validate", "clean", "flatten", "lakify", "index"):
+        assert dag.task_dict[stage].execution_timeout.total_seconds() == Settings().batch_timeout_s
+    summary = dag.task_dict["summary"]
+    plans = {f"plan_{s}" for s in ("download", "validate", "clean", "flatten", "lakify", "index")}
+    assert plans <= summary.upstream_task_ids, "the summary reads every plan, to find batches that never ran"
+
+
+def test_the_reprocess_form_requires_only_what_it_needs(dagbag) -> None:
+    """Datasets *or* publishers: each may be left empty in the trigger form."""
+    params = dagbag.dags["iati_reprocess"].params
+    for name in ("datasets", "publishers"):
+        schema = params.get_param(name).schema
+        assert "null" in schema["type"], f"{name} must be optional"
+    for name in ("from_stage", "force_redownload", "dry_run"):
+        assert params[name] is not None, f"{name} has a default"
+    params.validate()  # the defaults form a valid trigger

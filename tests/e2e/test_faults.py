@@ -163,7 +163,7 @@ def stage_started(column: str) -> Callable[[psycopg.Connection], bool]:
 
 
 def spawned_workers() -> list[int]:
-    """Pids of this process's multiprocessing-spawn children (the stage worker pools)."""
+    """Pids of this process's stage worker processes (:mod:`iati_refresher.worker_pool`)."""
     me = os.getpid()
     pids = []
     for entry in Path("/proc").iterdir():
@@ -175,7 +175,7 @@ def spawned_workers() -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == me and b"spawn_main" in cmdline:
+        if ppid == me and b"iati_refresher.worker_pool" in cmdline:
             pids.append(int(entry.name))
     return pids
 
@@ -341,6 +341,60 @@ def test_database_connections_dropped_mid_run_and_solr_down_before_the_index(
     world.solr.up()
     run2, states2, _ = run_dag(dagbag, "iati_refresh")
     assert succeeded(run2), states2
+    assert_converged(world, reference)
+    assert_no_leaks(world, capfd, caplog)
+
+
+# --- a batch task that fails after its retries -------------------------------------------------------------
+
+
+def test_a_batch_task_failing_after_its_retries_is_recorded_counted_and_paged_once(
+    world: World, dagbag, reference, capfd, caplog
+) -> None:
+    """The database rejects every write of the clean stage's results (think: a disk that
+    filled up), so the clean batch task fails on each of its three tries.  Its documents
+    must not look untouched: each gets a failed ``batch_failed`` outcome naming the task
+    and the error, the summary counts them as failed and lists the task, Slack is paged
+    once with the task, the batch and the log link, and the run is red (its only clean
+    batch failed).  The next run, with the fault gone, converges."""
+    with psycopg.connect(world.conninfo, autocommit=True) as conn:
+        conn.execute("""
+            CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'could not extend file: No space left on device (injected)'; END $$;
+            CREATE TRIGGER injected_fault BEFORE UPDATE OF clean_end ON document
+               FOR EACH ROW EXECUTE FUNCTION injected_fault();""")
+    run, states, tries = run_dag(dagbag, "iati_refresh")
+    assert str(run.state).endswith("failed"), states
+    assert states["clean[0]"].endswith("failed") and tries["clean[0]"] == 3, (states, tries)
+    assert states["summary"].endswith("failed")
+
+    cleaned = {r["document_id"]: r for r in world.rows("SELECT * FROM document_stage WHERE stage = 'clean'")}
+    expected = set(INDEXED) | {"d-org"}
+    assert set(cleaned) == expected
+    for row in cleaned.values():
+        assert (row["outcome"], row["code"], row["run_id"]) == ("failed", "batch_failed", run.run_id)
+        assert "the clean[0: " in row["message"] and "No space left on device (injected)" in row["message"]
+        assert row["next_attempt_at"] is not None, "retried by a later run"
+    telemetry = world.rows("SELECT sum(documents_failed) AS failed, sum(documents_ok) AS ok FROM run_stage_telemetry "
+                           "WHERE run_id = %s AND stage = 'clean'", run.run_id)[0]
+    assert (telemetry["failed"], telemetry["ok"]) == (len(expected), 0)
+    with connect(world.conninfo) as conn:
+        shown = {r["id"]: r for r in repo.document_status_rows(conn, keys=sorted(expected))}
+    for row in shown.values():  # what the status page and `refresher status` show
+        [clean] = [s for s in row["stages"] if s["stage"] == "clean"]
+        assert (clean["outcome"], clean["code"]) == ("failed", "batch_failed")
+
+    texts = [m.text for m in world.slack.messages]
+    assert len(texts) == 1, texts
+    assert run.run_id in texts[0] and "every clean batch failed" in texts[0]
+    assert "*iati_refresh.clean[0: " in texts[0] and "failed after its retries" in texts[0]
+    assert "/tasks/clean/mapped/0|View log>" in texts[0]
+
+    with psycopg.connect(world.conninfo, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER injected_fault ON document")
+    run2, states2, _ = run_dag(dagbag, "iati_refresh")
+    assert succeeded(run2), states2
+    assert len(world.slack.messages) == 1, "a healthy run pages nobody"
     assert_converged(world, reference)
     assert_no_leaks(world, capfd, caplog)
 

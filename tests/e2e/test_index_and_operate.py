@@ -162,7 +162,8 @@ def test_index_reindex_remove_reconcile_and_reprocess(env: Env, run_dag, monkeyp
 
 
 def test_a_failed_run_pages_once_with_the_details(env: Env, run_dag, monkeypatch) -> None:
-    """The summary fails a run whose sync was refused; the DAG callback posts to Slack."""
+    """The summary fails a run whose sync was refused and pages once, with the reason and the
+    log link; the DAG-level callback then stays quiet (no second page for the same run)."""
     for n in range(4):
         env.publish(f"d{n}", f"org-c-{n}", (SAMPLE / "meadowlark-activities.xml").read_bytes())
     env.serve(1)
@@ -177,5 +178,5 @@ def test_a_failed_run_pages_once_with_the_details(env: Env, run_dag, monkeypatch
     assert str(run2.state).endswith("failed")
     texts = [m.text for m in env.slack.messages]
     assert len(texts) == 1, texts
-    assert "iati_refresh.summary" in texts[0] and run2.run_id in texts[0] and "try 1" in texts[0]
-    assert "View log" in texts[0]
+    assert texts[0].startswith(f":red_circle: *iati_refresh* run `{run2.run_id}` failed: registry sync refused")
+    assert "/tasks/summary|View log>" in texts[0]

@@ -2,7 +2,7 @@
 
 PostgreSQL: ``REFRESHER_TEST_PG`` (a libpq conninfo of a server whose user may create
 databases) when set; otherwise a cluster of the test session's own, started on first use
-from the machine's PostgreSQL programs (:mod:`iati_refresher.localservers`) on a free
+from the machine's PostgreSQL programs (:mod:`iati_refresher.local.servers`) on a free
 loopback port and stopped when the session ends.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from iati_refresher.localservers import LocalPostgres, LocalRedis, free_port
+from iati_refresher.local.servers import LocalPostgres, LocalRedis, free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 AZURITE_ACCOUNT = "devstoreaccount1"

@@ -30,7 +30,7 @@ ACTIVITIES = b"""<?xml version="1.0" encoding="UTF-8"?>
 
 FLATTEN = """
     from lxml import etree
-    import prometheus_client  # not installed here: the harness stubs it
+    import reference_only_metrics_client  # installed nowhere: the harness stubs it
 
     class FlattenerException(Exception):
         pass
@@ -126,7 +126,7 @@ def forget_reference_modules() -> Iterator[None]:
     path_before = list(sys.path)
     yield
     sys.path[:] = path_before
-    for name in [m for m in sys.modules if m.split(".")[0] in ("library", "constants", "prometheus_client")]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ("library", "constants", "reference_only_metrics_client")]:
         del sys.modules[name]
 
 
@@ -162,7 +162,7 @@ def test_flatten_runs_the_references_flattener_with_a_missing_module_stubbed(tmp
     src = stages.reference_src(write_checkout(tmp_path / "ref"))
     result = stages.run_reference_stage("flatten", src, str(source), 3)
     assert result["activities"] == 3
-    assert result["stubbed_modules"] == ["prometheus_client"]
+    assert result["stubbed_modules"] == ["reference_only_metrics_client"]
     assert result["seconds"] >= 0 and result["peak_rss_mb"] > 0
 
 

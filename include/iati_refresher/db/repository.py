@@ -313,6 +313,24 @@ def ready_documents(
     ).fetchall()
 
 
+def unsettled_documents(
+    conn: psycopg.Connection, stage: str, ids: Sequence[str], *, run_id: str, owner: str, safety_period_s: int
+) -> list[dict[str, Any]]:
+    """Of ``ids``, the documents still ready for ``stage`` (claims of ``owner`` aside) that
+    got no outcome for it in ``run_id``: what a lost batch task left untouched."""
+    ready = ready_documents(conn, stage, ids=ids, owner=owner, safety_period_s=safety_period_s)
+    if not ready:
+        return []
+    done = {
+        r["document_id"]
+        for r in conn.execute(
+            "SELECT document_id FROM document_stage WHERE stage = %s AND run_id = %s AND document_id = ANY(%s)",
+            (stage, run_id, [d["id"] for d in ready]),
+        )
+    }
+    return [d for d in ready if d["id"] not in done]
+
+
 def count_ready(conn: psycopg.Connection, stage: str, *, safety_period_s: int = 7200) -> int:
     where = READY[stage].format(now=NOW) + _gating(stage)
     row = conn.execute(
@@ -744,19 +762,26 @@ def save_adhoc_validation(conn: psycopg.Connection, row: dict[str, Any]) -> int:
 
 
 def record_telemetry(conn: psycopg.Connection, row: dict[str, Any]) -> None:
-    """Upsert one (run, stage, batch) row: re-running a batch replaces its counts."""
+    """Upsert one (run, stage, batch) row.
+
+    Another try of the same batch adds to it: each try settles the documents the earlier
+    ones left, so the row ends with every document of the batch counted once (the earlier
+    tries' unsettled documents are this try's ``documents_in``)."""
     conn.execute(
         """
-        INSERT INTO run_stage_telemetry (run_id, dag_id, stage, batch, started_at, finished_at,
+        INSERT INTO run_stage_telemetry AS t (run_id, dag_id, stage, batch, started_at, finished_at,
             documents_in, documents_ok, documents_skipped, documents_failed, activities, bytes)
         VALUES (%(run_id)s, %(dag_id)s, %(stage)s, %(batch)s, %(started_at)s, %(finished_at)s,
             %(documents_in)s, %(documents_ok)s, %(documents_skipped)s, %(documents_failed)s,
             %(activities)s, %(bytes)s)
         ON CONFLICT (run_id, stage, batch) DO UPDATE SET
-            finished_at = EXCLUDED.finished_at, started_at = EXCLUDED.started_at,
-            documents_in = EXCLUDED.documents_in, documents_ok = EXCLUDED.documents_ok,
-            documents_skipped = EXCLUDED.documents_skipped, documents_failed = EXCLUDED.documents_failed,
-            activities = EXCLUDED.activities, bytes = EXCLUDED.bytes
+            started_at = LEAST(t.started_at, EXCLUDED.started_at),
+            finished_at = GREATEST(t.finished_at, EXCLUDED.finished_at),
+            documents_in = t.documents_ok + t.documents_skipped + t.documents_failed + EXCLUDED.documents_in,
+            documents_ok = t.documents_ok + EXCLUDED.documents_ok,
+            documents_skipped = t.documents_skipped + EXCLUDED.documents_skipped,
+            documents_failed = t.documents_failed + EXCLUDED.documents_failed,
+            activities = t.activities + EXCLUDED.activities, bytes = t.bytes + EXCLUDED.bytes
         """,
         {"batch": "", "activities": 0, "bytes": 0, "documents_in": 0, "documents_ok": 0,
          "documents_skipped": 0, "documents_failed": 0, **row},

@@ -357,7 +357,7 @@ class LocalRedis:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m iati_refresher.localservers", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m iati_refresher.local.servers", description=__doc__.split("\n")[0])
     parser.add_argument("server", choices=["postgres", "redis"])
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--dir", required=True, help="data (PostgreSQL) or work (Redis) directory")

@@ -1,7 +1,8 @@
 # IATI Refresher on Airflow — the commands a newcomer runs.
 #   make run    the whole pipeline once, offline, on embedded defaults (sample registry)
 #   make test   the whole test suite (installs everything it needs first)
-#   make up     the Airflow UI and scheduler locally (http://127.0.0.1:8080, admin / admin)
+#   make up     Airflow locally (http://127.0.0.1:8080, admin / admin); EXECUTOR=celery for Celery workers
+#   make down   stop what make up / make run started
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,7 +14,7 @@ SCHEMAS := include/iati_refresher/validation/schemas/SOURCE.txt
 AZURITE := tools/node_modules/.bin/azurite-blob
 export REFRESHER_LOCAL_PG_PORT ?= 55432
 
-.PHONY: deps run test test-fast up down lint lock ui-check bench conformance clean services
+.PHONY: deps run test test-fast up down trigger lint lock ui-check bench conformance clean services
 
 deps: $(STAMP) $(SCHEMAS) $(AZURITE)
 
@@ -49,11 +50,15 @@ test-fast: deps
 run: deps
 	$(PY) scripts/run_sample.py
 
+EXECUTOR ?= local
 up: deps
-	scripts/airflow-local.sh start
+	$(PY) scripts/local_stack.py up --executor $(EXECUTOR)
+
+trigger:
+	$(PY) scripts/local_stack.py trigger $(or $(DAG),iati_refresh)
 
 down:
-	scripts/airflow-local.sh stop
+	@if [ -x $(PY) ]; then $(PY) scripts/local_stack.py down; else echo "nothing to stop (no venv)"; fi
 
 ui-check: deps
 	scripts/ui-check.sh

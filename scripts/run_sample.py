@@ -55,10 +55,10 @@ def main() -> int:
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")  # the summary tells the story
     os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{AIRFLOW_HOME}/airflow.db")
-    os.environ.setdefault("REFRESHER_LOCAL_BLOB_DIR", str(RUN_DIR / "blobs"))
-    # The sample's partly-invalid file would otherwise wait the 2-hour safety period before
-    # its valid activities are kept; the demo shows the whole journey at once.
-    os.environ.setdefault("REFRESHER_SAFETY_CHECK_PERIOD_S", "0")
+    from iati_refresher.local.embedded import embedded_settings
+
+    for key, value in embedded_settings(RUN_DIR).items():
+        os.environ.setdefault(key, value)
     os.environ["AIRFLOW_CONN_REFRESHER_DB"] = refresher_database()
 
     server = None
@@ -66,8 +66,7 @@ def main() -> int:
         from iati_refresher.sample.server import SampleRegistryServer
 
         server = SampleRegistryServer("127.0.0.1", 0).start()
-        os.environ["AIRFLOW_CONN_IATI_REGISTRY"] = server.url.replace("http://", "http://", 1)
-        os.environ["REFRESHER_ALLOW_PRIVATE_ADDRESSES"] = "true"  # the sample server is on loopback
+        os.environ["AIRFLOW_CONN_IATI_REGISTRY"] = server.url
         print(f"sample registry (Bulk Data Service API) at {server.url}")
 
     from airflow.utils import db as airflow_db

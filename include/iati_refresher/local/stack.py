@@ -187,7 +187,7 @@ class AirflowStack:
 
     def stop(self, timeout_s: float = 30) -> None:
         """SIGTERM every component's process group, then SIGKILL what is left of them."""
-        groups = self._groups()
+        groups = self.process_groups()
         for pgid in groups.values():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGTERM)
@@ -204,7 +204,7 @@ class AirflowStack:
             (self.pid_dir / f"{name}.pid").unlink(missing_ok=True)
         self.processes.clear()
 
-    def _groups(self) -> dict[str, int]:
+    def process_groups(self) -> dict[str, int]:
         """Component name -> process group id: of the processes we hold, else from PID files."""
         groups = {name: proc.pid for name, proc in self.processes.items()}
         if self.pid_dir.exists():
@@ -216,7 +216,7 @@ class AirflowStack:
     def kill_worker(self, number: int) -> list[int]:
         """SIGKILL a Celery worker and everything it started (a machine lost); returns the pids."""
         name = f"celery-worker{number}"
-        pgid = self._groups()[name]
+        pgid = self.process_groups()[name]
         pids = _group_members(pgid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)

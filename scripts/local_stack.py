@@ -80,6 +80,7 @@ def up(executor: str) -> int:
     stack = _stack(executor, env, ports, broker)
     HOME.mkdir(exist_ok=True)
     stack.pid_dir.mkdir(parents=True, exist_ok=True)
+    sample_registry = None
     if "AIRFLOW_CONN_IATI_REGISTRY" not in env:
         log = open(stack.pid_dir.parent / "sample-registry.log", "ab")  # noqa: SIM115 - kept by the child
         registry = subprocess.Popen(
@@ -87,7 +88,7 @@ def up(executor: str) -> int:
              "--port", str(ports["SAMPLE_REGISTRY_PORT"])], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
         (stack.pid_dir / "sample-registry.pid").write_text(str(registry.pid))
-        env["AIRFLOW_CONN_IATI_REGISTRY"] = f"http://127.0.0.1:{ports['SAMPLE_REGISTRY_PORT']}"
+        sample_registry = env["AIRFLOW_CONN_IATI_REGISTRY"] = f"http://127.0.0.1:{ports['SAMPLE_REGISTRY_PORT']}"
     else:
         del ports["SAMPLE_REGISTRY_PORT"]
     # No environment here: it may hold secrets (connections).
@@ -103,7 +104,7 @@ def up(executor: str) -> int:
           "(user admin, password admin)")
     print(f"executor       {stack.executor}" + (" with 2 Celery workers (prefork, concurrency 2)" if broker else ""))
     print("ports          " + ", ".join(f"{port} ({name})" for name, port in ports.items()) + ", all on 127.0.0.1")
-    for line in describe(env):
+    for line in describe(env, sample_registry=sample_registry):
         print(line)
     print(f"logs           {stack.log_dir} (components), {HOME / 'logs'} (tasks)")
     print("The DAGs start paused. Run the pipeline once: make trigger   (or unpause iati_refresh in the UI)")

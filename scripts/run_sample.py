@@ -69,6 +69,11 @@ def main() -> int:
         os.environ["AIRFLOW_CONN_IATI_REGISTRY"] = server.url
         print(f"sample registry (Bulk Data Service API) at {server.url}")
 
+    from iati_refresher.local.embedded import describe
+
+    for line in describe(dict(os.environ), sample_registry=server.url if server else None):
+        print(line)
+
     from airflow.utils import db as airflow_db
 
     AIRFLOW_HOME.mkdir(exist_ok=True)
@@ -99,6 +104,7 @@ def main() -> int:
     print(f"blobs: {os.environ['REFRESHER_LOCAL_BLOB_DIR']}")
     print(f"status of one dataset: AIRFLOW_CONN_REFRESHER_DB={os.environ['AIRFLOW_CONN_REFRESHER_DB']} "
           ".venv/bin/refresher status meadowlark-mixed")
+    print("the project's PostgreSQL (.run/pg) keeps running for that; make down stops it")
     if server is not None:
         server.stop()
     return 0 if str(run.state).endswith("success") else 1

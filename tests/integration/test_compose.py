@@ -219,7 +219,7 @@ def test_airflow_services_are_healthy_and_ordered(config):
     assert _command(services["airflow-worker"]) == ["celery", "worker"]
     published = [p if isinstance(p, str) else f"{p.get('published')}:{p.get('target')}"
                  for p in services["airflow-apiserver"]["ports"]]
-    assert [p.rsplit(":", 1)[-1] for p in published] == ["8080"]
+    assert [p.rsplit(":", 1)[-1].removesuffix("/tcp") for p in published] == ["8080"]
     for name in ("postgres", "refresher-db", "redis"):
         assert services["airflow-init"]["depends_on"][name]["condition"] == "service_healthy"
 
@@ -247,3 +247,17 @@ def test_the_admin_password_file_is_valid_json(tmp_path):
     subprocess.run(["bash", "-c", f'mkdir -p "$(dirname "$passwords_file")"\n{block}'], check=True, env=env)
     assert json.loads(target.read_text()) == {"admin": 'p"w\\d'}
     assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+def test_celery_workers_use_a_pool_that_runs_the_stages_and_the_pools_add_up(config):
+    """prefork is Celery's default and works (the stage workers are subprocesses); the CPU
+    slots of the pool are the workers' concurrency times their number."""
+    env = config["services"]["airflow-worker"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__POOL"] == "prefork"
+    assert env["REFRESHER_CPU_SLOTS_PER_WORKER"] == env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "2"
+    assert env["REFRESHER_AIRFLOW_WORKERS"] == "1"
+    assert env["AIRFLOW_CONN_REFRESHER_BLOB"], "a shared blob store: the preflight refuses a local directory"
+    ports = config["services"]["airflow-apiserver"]["ports"]
+    published = [p if isinstance(p, str) else f"{p.get('host_ip', '')}:{p['published']}:{p['target']}" for p in ports]
+    assert all(p.startswith("127.0.0.1:") for p in published), published

@@ -24,12 +24,19 @@ def embedded_settings(run_dir: Path) -> dict[str, str]:
     }
 
 
-def describe(env: dict[str, str]) -> list[str]:
-    """What an embedded run uses, in words (printed by `make run` and `make up`)."""
+def describe(env: dict[str, str], *, sample_registry: str | None) -> list[str]:
+    """What an embedded run uses, in words (printed by `make run` and `make up`).  Names
+    connections the user set without printing them: they may hold secrets."""
+
+    def chosen(variable: str, connection: str, default: str) -> str:
+        return f"the {connection} connection" if env.get(variable) else default
+
     return [
-        f"blob storage   {'the refresher_blob connection' if env.get('AIRFLOW_CONN_REFRESHER_BLOB') else 'local directory ' + env.get('REFRESHER_LOCAL_BLOB_DIR', '')}",
-        f"registry       {env.get('AIRFLOW_CONN_IATI_REGISTRY', '')}",
-        f"validator      {'the iati_validator connection' if env.get('AIRFLOW_CONN_IATI_VALIDATOR') else 'built-in schema validator'}",
-        f"Solr           {'the solr connection' if env.get('AIRFLOW_CONN_SOLR') else 'not configured: indexing skipped'}",
+        "blob storage   " + chosen("AIRFLOW_CONN_REFRESHER_BLOB", "refresher_blob",
+                                   f"local directory {env.get('REFRESHER_LOCAL_BLOB_DIR', '')}"),
+        "registry       " + (f"the sample registry at {sample_registry}" if sample_registry
+                             else "the iati_registry connection"),
+        "validator      " + chosen("AIRFLOW_CONN_IATI_VALIDATOR", "iati_validator", "built-in schema validator"),
+        "Solr           " + chosen("AIRFLOW_CONN_SOLR", "solr", "not configured: indexing skipped"),
         f"safety period  {env.get('REFRESHER_SAFETY_CHECK_PERIOD_S', '7200')} s",
     ]

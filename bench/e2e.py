@@ -5,6 +5,7 @@ Usage::
     python bench/e2e.py [--datasets 200 --publishers 20 --activities 5000]
                         [--scenarios first,idle,unchanged,changed] [--change-share 0.01]
                         [--work DIR] [--keep] [--blob azurite|local] [--json PATH]
+                        [--executor dag-test|celery]
 
 What runs: a synthetic registry from ``bench/make_corpus.py`` served on loopback as a Bulk
 Data Service; the IATI Validator stand-in and a lean Solr stand-in (below), each in its own
@@ -12,6 +13,13 @@ process; real PostgreSQL (a throw-away database on 127.0.0.1:5432) and Azurite (
 blob directory); Airflow with a throw-away ``AIRFLOW_HOME`` (SQLite metadata), the DAG run
 with ``dag.test()`` as ``make run`` does.  One warm-up run on an empty registry pays
 Airflow's one-time start-up first; it is not counted.
+
+``--executor celery`` runs the same scenarios on a real deployment instead
+(:class:`iati_refresher.local.stack.AirflowStack`): API server, scheduler, DAG processor,
+triggerer and two Celery workers (prefork, concurrency 2, one worker process per CPU-bound
+batch), Redis as the broker, PostgreSQL as the metadata database; runs are triggered through
+the REST API.  Stage times then come from the batches' own telemetry, CPU seconds from the
+whole machine (minus the stand-ins), and worker peaks from every stage worker process.
 
 Scenarios (in this order, on the same state):
 
@@ -446,14 +454,15 @@ def reset_peak_rss() -> None:
 
 
 class WorkerSampler(threading.Thread):
-    """Samples this process's descendants (the stage worker pools) every ``interval`` seconds.
+    """Samples this process's descendants (the stage worker processes) every ``interval`` seconds.
 
-    Records each process's peak RSS (VmHWM) and kind (``worker`` for multiprocessing
-    children); stand-ins and Azurite are excluded by pid.
+    Records each process's peak RSS (VmHWM) and kind (``worker`` for the stage worker
+    processes of :mod:`iati_refresher.worker_pool`); stand-ins and Azurite are excluded by pid.
     """
 
-    def __init__(self, exclude: set[int], interval: float = 0.2):
+    def __init__(self, exclude: set[int], interval: float = 0.2, *, everywhere: bool = False):
         super().__init__(name="rss-sampler", daemon=True)
+        self.everywhere = everywhere  # every stage worker process of the machine (Celery workers' too)
         self.root = os.getpid()
         self.exclude = exclude
         self.interval = interval
@@ -473,6 +482,12 @@ class WorkerSampler(threading.Thread):
                 if stat is not None:
                     parents[int(name)] = stat[0]
         for pid in parents:
+            if self.everywhere:
+                if pid not in self.exclude and "iati_refresher.worker_pool" in _cmdline(pid):
+                    hwm = _status_kb(pid, "VmHWM:")
+                    with self._lock:
+                        self.peaks[pid] = ("worker", max(self.peaks.get(pid, ("", 0))[1], hwm))
+                continue
             chain, p = [], pid
             while p in parents and p != self.root and p not in self.exclude and len(chain) < 50:
                 chain.append(p)
@@ -484,7 +499,7 @@ class WorkerSampler(threading.Thread):
                 kind, peak = self.peaks.get(pid, ("", 0))
                 if not kind:
                     command = _cmdline(pid)
-                    kind = ("worker" if "spawn_main" in command or "forkserver" in command
+                    kind = ("worker" if "iati_refresher.worker_pool" in command
                             else "resource_tracker" if "resource_tracker" in command else "other")
                 self.peaks[pid] = (kind, max(peak, hwm))
 
@@ -583,6 +598,8 @@ class Bench:
         self.dbname = ""
         self.index_created = 1_800_000_000
         self.results: dict[str, Any] = {}
+        self.stack: Any = None
+        self.metadata_db = ""
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -705,6 +722,9 @@ class Bench:
         if self.dbname and not self.args.keep:
             with contextlib.suppress(Exception):
                 services.drop_database(self.dbname)
+        if self.metadata_db:
+            with contextlib.suppress(Exception):
+                services.drop_database(self.metadata_db)
         with contextlib.suppress(OSError):
             (self.work / "services.json").unlink()
 
@@ -729,6 +749,84 @@ class Bench:
         if bag.import_errors:
             raise SystemExit(f"DAG import errors: {bag.import_errors}")
         return bag.dags["iati_refresh"]
+
+    # --- the Celery deployment ----------------------------------------------------------------------
+
+    def start_stack(self) -> None:
+        from iati_refresher.local.stack import AirflowStack
+        from tests.support import services
+
+        self.metadata_db = services.create_database()
+        env = {k: v for k, v in os.environ.items() if k.startswith(("AIRFLOW_CONN_", "REFRESHER_"))
+               and not k.startswith("REFRESHER_TEST_")}
+        env.update({"REFRESHER_REFRESH_SCHEDULE": "none", "REFRESHER_AIRFLOW_WORKERS": "2",
+                    "REFRESHER_CPU_SLOTS_PER_WORKER": "2", "REFRESHER_LOCAL_BLOB_DIR_SHARED": "true"})
+        self.stack = AirflowStack(
+            home=self.work / "airflow-celery", metadata_uri=services.airflow_uri(self.metadata_db,
+                                                                                driver="postgresql+psycopg"),
+            executor="CeleryExecutor", broker_url=services.redis_url(), api_port=services.free_port(),
+            workers=2, worker_concurrency=2, worker_pool="prefork", environment=env, parallelism=16,
+        )
+        started = time.monotonic()
+        self.stack.start()
+        print(f"celery stack healthy in {time.monotonic() - started:.0f} s (logs in {self.stack.log_dir})",
+              flush=True)
+
+    def run_celery(self, name: str, sampler: WorkerSampler, changed_ids: list[str] | None = None) -> dict[str, Any]:
+        from iati_refresher.db.connection import connect, resolve_conninfo
+
+        pids = self.service_pids()
+        cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
+        machine_before = machine_busy_seconds()
+        solr_before = self.standins["solr"].ask("stats")
+        sampler.take()
+        started_utc = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        load_before = os.getloadavg()[0]
+        print(f"\n=== {name}: running iati_refresh on Celery ...", flush=True)
+        started = time.perf_counter()
+        run_id = self.stack.trigger("iati_refresh")
+        state = self.stack.wait_for_run("iati_refresh", run_id, timeout_s=6 * 3600)
+        wall = time.perf_counter() - started
+        tis = self.stack.task_instances("iati_refresh", run_id)
+        rss = sampler.take()
+        solr_after = self.standins["solr"].ask("stats")
+        cpu = {n: round(cpu_seconds(p) - cpu_before[n], 1) for n, p in pids.items()}
+        cpu["machine_total"] = round(machine_busy_seconds() - machine_before, 1)
+        cpu["airflow_and_stages"] = round(cpu["machine_total"] - sum(v for k, v in cpu.items()
+                                                                      if k != "machine_total"), 1)
+        result: dict[str, Any] = {
+            "scenario": name, "state": state, "wall_s": round(wall, 2), "dag_test_idle_polls_s": 0.0,
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "task_process_peak_rss_mb": 0.0, **rss, "cpu_s": cpu,
+            "solr_busy_s": round(solr_after["busy_s"] - solr_before["busy_s"], 2),
+            "solr_documents": solr_after["documents"], "airflow": _airflow_times_from_api(tis),
+            "workers_used": sorted({t["hostname"] for t in tis if t.get("hostname")}),
+        }
+        with contextlib.closing(connect(resolve_conninfo())) as conn:
+            telemetry = conn.execute(
+                """SELECT stage, count(*) AS batches, sum(documents_in) AS docs, sum(documents_ok) AS ok,
+                          sum(documents_skipped) AS skipped, sum(documents_failed) AS failed,
+                          sum(activities) AS activities, sum(bytes) AS bytes,
+                          sum(extract(epoch FROM finished_at - started_at)) AS body_s
+                     FROM run_stage_telemetry WHERE run_id = %s GROUP BY stage""", (run_id,)).fetchall()
+            if changed_ids:
+                result["searchable"] = self._searchable(conn, changed_ids, started_utc)
+            result["state_counts"] = {r["state"]: r["n"] for r in conn.execute(
+                """SELECT CASE WHEN solrize_end IS NOT NULL THEN 'indexed' WHEN lakify_end IS NOT NULL THEN 'lakified'
+                              WHEN clean_end IS NOT NULL THEN 'cleaned' WHEN validation IS NOT NULL THEN 'validated'
+                              WHEN downloaded IS NOT NULL THEN 'downloaded' ELSE 'not downloaded' END AS state,
+                          count(*) AS n FROM document GROUP BY 1""").fetchall()}
+            result["non_ok_codes"] = [dict(r) for r in conn.execute(
+                """SELECT stage, outcome, code, count(*) AS n FROM document_stage WHERE run_id = %s
+                     AND outcome <> 'ok' GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC""", (run_id,)).fetchall()]
+        calls = [{"name": "run_batch", "stage": t["stage"], "seconds": float(t["body_s"] or 0)} for t in telemetry]
+        result["stages"] = self._stage_rows(calls, telemetry, result["airflow"])
+        bodies = sum(c["seconds"] for c in calls)
+        result["task_bodies_s"] = round(bodies, 2)  # summed over parallel batches: may exceed the wall time
+        result["outside_task_bodies_s"] = round(max(0.0, wall - bodies), 2)
+        result["airflow_share"] = round(max(0.0, wall - bodies) / wall, 3) if wall else 0.0
+        result["other_bodies_s"] = {}
+        return result
 
     # --- one scenario ----------------------------------------------------------------------------
 
@@ -902,17 +1000,28 @@ class Bench:
         sampler = None
         try:
             self.start_services()
-            dag = self.load_dag()
-            timer = BodyTimer()
-            timer.install()
-            sampler = WorkerSampler(exclude=set(self.service_pids().values()))
+            celery = self.args.executor == "celery"
+            if celery:
+                self.start_stack()
+                run = self.run_celery
+                sampler = WorkerSampler(exclude=set(self.service_pids().values()), everywhere=True)
+            else:
+                dag = self.load_dag()
+                timer = BodyTimer()
+                timer.install()
+                sampler = WorkerSampler(exclude=set(self.service_pids().values()))
+
+                def run(name: str, sampler: WorkerSampler, changed: list[str] | None = None) -> dict[str, Any]:
+                    return self.run(dag, name, timer, sampler, changed)
             sampler.start()
             machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-            self.results = {"corpus": corpus, "machine": machine, "blob": self.args.blob, "scenarios": []}
-            # Warm-up: Airflow's in-process execution API starts on the first task (~10 s, once).
+            self.results = {"corpus": corpus, "machine": machine, "blob": self.args.blob,
+                            "executor": self.args.executor, "scenarios": []}
+            # Warm-up: Airflow's in-process execution API starts on the first task (~10 s, once);
+            # on Celery, the workers import the DAG and the package once.
             self.publish(empty=True)
-            warm = self.run(dag, "warm-up (empty registry, not counted)", timer, sampler)
+            warm = run("warm-up (empty registry, not counted)", sampler)
             print(f"warm-up: {warm['wall_s']} s", flush=True)
             for scenario in self.args.scenarios:
                 changed = None
@@ -921,13 +1030,15 @@ class Bench:
                 elif scenario == "changed":
                     changed = self.change()
                     self.publish()
-                result = self.run(dag, scenario, timer, sampler, changed)
+                result = run(scenario, sampler, changed)
                 self.results["scenarios"].append(result)
                 print_scenario(result)
                 self.save()
         finally:
             if sampler is not None:
                 sampler.stop()
+            if self.stack is not None:
+                self.stack.stop()
             self.stop_services()
         return 0
 
@@ -943,6 +1054,30 @@ class Bench:
     def save(self) -> None:
         path = self.args.json or (self.work / "results.json")
         path.write_text(json.dumps(self.results, indent=1, default=str), encoding="utf-8")
+
+
+def _airflow_times_from_api(tis: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task: instances, their summed run time and span, from the REST API's task instances."""
+    per_task: dict[str, dict[str, Any]] = {}
+    for ti in tis:
+        entry = per_task.setdefault(ti["task_id"], {"instances": 0, "seconds": 0.0, "states": defaultdict(int),
+                                                    "first_start": None, "last_end": None})
+        entry["instances"] += 1
+        entry["states"][str(ti["state"])] += 1
+        if ti.get("start_date") and ti.get("end_date"):
+            start = dt.datetime.fromisoformat(ti["start_date"])
+            end = dt.datetime.fromisoformat(ti["end_date"])
+            entry["seconds"] += (end - start).total_seconds()
+            entry["first_start"] = min(filter(None, [entry["first_start"], start]))
+            entry["last_end"] = max(filter(None, [entry["last_end"], end]))
+    for entry in per_task.values():
+        entry["span_s"] = round((entry["last_end"] - entry["first_start"]).total_seconds(), 2) \
+            if entry["first_start"] and entry["last_end"] else 0.0
+        entry["seconds"] = round(entry["seconds"], 2)
+        entry["states"] = dict(entry["states"])
+        entry.pop("first_start")
+        entry.pop("last_end")
+    return {"task_instances": len(tis), "tasks": per_task}
 
 
 # =======================================================================================
@@ -988,6 +1123,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--safety-period-s", type=int, default=0,
                         help="REFRESHER_SAFETY_CHECK_PERIOD_S (0: schema-invalid files are cleaned at once)")
     parser.add_argument("--airflow-log-level", default="WARNING")
+    parser.add_argument("--executor", choices=("dag-test", "celery"), default="dag-test",
+                        help="dag.test() in this process, or a scheduler with two Celery workers")
     parser.add_argument("--keep", action="store_true", help="keep the refresher database afterwards")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
@@ -996,7 +1133,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    args.work = (args.work or PROJECT / "bench" / "out" / f"e2e-{args.datasets}").resolve()
+    suffix = "" if args.executor == "dag-test" else f"-{args.executor}"
+    args.work = (args.work or PROJECT / "bench" / "out" / f"e2e-{args.datasets}{suffix}").resolve()
     return args
 
 
@@ -1007,17 +1145,17 @@ def _stop_on_signal(signum: int, frame: Any) -> None:
     """Ctrl-C, SIGTERM and SIGHUP stop the benchmark at once and clean up.
 
     Airflow's task runner inside ``dag.test()`` treats a KeyboardInterrupt as a failed task
-    and goes on with the run, so the stand-ins, Azurite, the stage worker processes and the
-    database are stopped here, and the process leaves without unwinding.
+    and goes on with the run, so the stand-ins, Azurite, the Celery stack and the database
+    are stopped here, and the process leaves without unwinding (the stage worker processes
+    exit when they see their parent gone).
     """
-    import multiprocessing
-
     print(f"\nsignal {signum}: stopping the benchmark and its services", file=sys.stderr, flush=True)
     for bench in _RUNNING:
+        if bench.stack is not None:
+            with contextlib.suppress(Exception):
+                bench.stack.stop()
         with contextlib.suppress(Exception):
             bench.stop_services()
-    for child in multiprocessing.active_children():  # the stage worker pools
-        child.kill()
     os._exit(128 + signum)
 
 

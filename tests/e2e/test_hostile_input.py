@@ -73,7 +73,8 @@ EXPECTED: dict[str, tuple[str, str, str | None]] = {
 
 
 class ChildMemory(threading.Thread):
-    """Samples the peak RSS (VmHWM) of this process's spawned workers until stopped."""
+    """Samples the peak RSS (VmHWM) of this process's stage worker processes until stopped
+    (only those: Azurite, Redis and other servers of the session are children too)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True, name="child-memory")
@@ -88,6 +89,8 @@ class ChildMemory(threading.Thread):
                     continue
                 try:
                     status = (entry / "status").read_text()
+                    if b"iati_refresher.worker_pool" not in (entry / "cmdline").read_bytes():
+                        continue
                 except OSError:
                     continue
                 fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)

@@ -14,7 +14,7 @@ SCHEMAS := include/iati_refresher/validation/schemas/SOURCE.txt
 AZURITE := tools/node_modules/.bin/azurite-blob
 export REFRESHER_LOCAL_PG_PORT ?= 55432
 
-.PHONY: deps run test test-fast up down trigger lint lock ui-check bench conformance clean services
+.PHONY: deps run test test-fast up down trigger solr lint lock ui-check bench conformance clean services
 
 deps: $(STAMP) $(SCHEMAS) $(AZURITE)
 
@@ -59,6 +59,10 @@ trigger:
 
 down:
 	@if [ -x $(PY) ]; then $(PY) scripts/local_stack.py down; else echo "nothing to stop (no venv)"; fi
+
+# A real SolrCloud (Solr 9.10.1 from Maven Central, solr/runner) on loopback, in the foreground.
+solr: deps
+	$(PY) -m iati_refresher.local.solr
 
 ui-check: deps
 	scripts/ui-check.sh

@@ -588,6 +588,45 @@ class BodyTimer:
 # =======================================================================================
 
 
+class SearchableWatcher(threading.Thread):
+    """While a run goes, asks Solr (the read alias, as datastore-search does) once a second
+    whether each changed dataset's new version is searchable yet; records when it first was."""
+
+    def __init__(self, solr_url: str, ids: list[str], started: float):
+        super().__init__(name="searchable-watcher", daemon=True)
+        self.solr_url, self.ids, self.started = solr_url, ids, started
+        self.first_seen: dict[str, float] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        from iati_refresher.db.connection import connect, resolve_conninfo
+
+        with contextlib.closing(connect(resolve_conninfo())) as conn, httpx.Client(timeout=30) as http:
+            while not self._halt.wait(1.0):
+                waiting = [i for i in self.ids if i not in self.first_seen]
+                if not waiting:
+                    return
+                hashes = {r["id"]: r["hash"] for r in conn.execute(
+                    "SELECT id, hash FROM document WHERE id = ANY(%s)", (waiting,)).fetchall()}
+                conn.rollback()
+                for doc_id, hash_ in hashes.items():
+                    q = f'{DOC_FIELD}:"{doc_id}" AND {HASH_FIELD}:"{hash_}"'
+                    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                        answer = http.post(f"{self.solr_url}/activity/select", data={"q": q, "rows": 0, "wt": "json"})
+                        if answer.json()["response"]["numFound"] > 0:
+                            self.first_seen[doc_id] = time.perf_counter() - self.started
+
+    def stop(self) -> dict[str, Any]:
+        self._halt.set()
+        self.join(30)
+        seconds = sorted(self.first_seen.values())
+        return {"changed": len(self.ids), "seen_by_a_query": len(seconds),
+                "median_s": round(seconds[len(seconds) // 2], 1) if seconds else None,
+                "max_s": round(seconds[-1], 1) if seconds else None}
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -600,6 +639,7 @@ class Bench:
         self.results: dict[str, Any] = {}
         self.stack: Any = None
         self.metadata_db = ""
+        self.solr_cloud: Any = None
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -703,13 +743,25 @@ class Bench:
             os.environ["REFRESHER_LOCAL_BLOB_DIR"] = str(blobs)
         self.standins["registry"] = StandIn("registry", self.corpus)
         self.standins["validator"] = StandIn("validator")
-        self.standins["solr"] = StandIn("solr")
+        if self.args.solr == "real":
+            from iati_refresher.local.solr import LocalSolrCloud
+
+            started = time.monotonic()
+            self.solr_cloud = LocalSolrCloud(heap_mb=self.args.solr_heap_mb, base_dir=self.work / "solrcloud")
+            shutil.rmtree(self.work / "solrcloud", ignore_errors=True)
+            (self.work / "solrcloud").mkdir(parents=True)
+            self.solr_cloud.start()
+            print(f"SolrCloud (solr/runner) at {self.solr_cloud.url} in {time.monotonic() - started:.0f} s", flush=True)
+            solr_url = self.solr_cloud.url
+        else:
+            self.standins["solr"] = StandIn("solr")
+            solr_url = self.standins["solr"].info["url"]
         os.environ["AIRFLOW_CONN_IATI_REGISTRY"] = self.standins["registry"].info["url"]
         validator = self.standins["validator"].info
         os.environ["AIRFLOW_CONN_IATI_VALIDATOR"] = json.dumps({
             "conn_type": "http", "host": validator["url"],
             "extra": {"key_name": validator["key_name"], "key": validator["key"]}})
-        os.environ["AIRFLOW_CONN_SOLR"] = json.dumps({"conn_type": "http", "host": self.standins["solr"].info["url"]})
+        os.environ["AIRFLOW_CONN_SOLR"] = json.dumps({"conn_type": "http", "host": solr_url})
         self.record_services()
 
     def stop_services(self) -> None:
@@ -717,6 +769,8 @@ class Bench:
 
         for standin in self.standins.values():
             standin.stop()
+        if self.solr_cloud is not None:
+            self.solr_cloud.stop()
         if self.azurite is not None:
             self.azurite.stop()
         if self.dbname and not self.args.keep:
@@ -730,9 +784,34 @@ class Bench:
 
     def service_pids(self) -> dict[str, int]:
         pids = {name: s.pid for name, s in self.standins.items()}
+        if self.solr_cloud is not None and self.solr_cloud.proc is not None:
+            pids["solr"] = self.solr_cloud.proc.pid
         if self.azurite is not None and self.azurite.proc is not None:
             pids["azurite"] = self.azurite.proc.pid
         return pids
+
+    def _watch(self, changed_ids: list[str] | None, started: float) -> SearchableWatcher | None:
+        if not changed_ids:
+            return None
+        watcher = SearchableWatcher(json.loads(os.environ["AIRFLOW_CONN_SOLR"])["host"], changed_ids, started)
+        watcher.start()
+        return watcher
+
+    def _watched(self, watcher: SearchableWatcher | None, wall: float) -> dict[str, Any] | None:
+        """The watcher's figures; it keeps asking up to 30 s after the run (commitWithin)."""
+        if watcher is None:
+            return None
+        deadline = time.monotonic() + 30
+        while len(watcher.first_seen) < len(watcher.ids) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return {**watcher.stop(), "run_wall_s": round(wall, 1)}
+
+    def solr_stats(self) -> dict[str, float]:
+        """Solr's busy time and document count: the stand-in's own, or real Solr's metrics (the
+        update handler's request time, summed over the three collections' cores)."""
+        if self.solr_cloud is None:
+            return self.standins["solr"].ask("stats")
+        return real_solr_stats(self.solr_cloud.url)
 
     def load_dag(self) -> Any:
         for name in ("airflow", "airflow.task", "airflow.sdk", "airflow.models", "sqlalchemy", "httpx",
@@ -778,18 +857,20 @@ class Bench:
         pids = self.service_pids()
         cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
         machine_before = machine_busy_seconds()
-        solr_before = self.standins["solr"].ask("stats")
+        solr_before = self.solr_stats()
         sampler.take()
         started_utc = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         load_before = os.getloadavg()[0]
         print(f"\n=== {name}: running iati_refresh on Celery ...", flush=True)
         started = time.perf_counter()
+        watcher = self._watch(changed_ids, started)
         run_id = self.stack.trigger("iati_refresh")
         state = self.stack.wait_for_run("iati_refresh", run_id, timeout_s=6 * 3600)
         wall = time.perf_counter() - started
+        searchable_by_query = self._watched(watcher, wall)
         tis = self.stack.task_instances("iati_refresh", run_id)
         rss = sampler.take()
-        solr_after = self.standins["solr"].ask("stats")
+        solr_after = self.solr_stats()
         cpu = {n: round(cpu_seconds(p) - cpu_before[n], 1) for n, p in pids.items()}
         cpu["machine_total"] = round(machine_busy_seconds() - machine_before, 1)
         cpu["airflow_and_stages"] = round(cpu["machine_total"] - sum(v for k, v in cpu.items()
@@ -819,6 +900,8 @@ class Bench:
             result["non_ok_codes"] = [dict(r) for r in conn.execute(
                 """SELECT stage, outcome, code, count(*) AS n FROM document_stage WHERE run_id = %s
                      AND outcome <> 'ok' GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC""", (run_id,)).fetchall()]
+        if searchable_by_query is not None:
+            result["searchable_by_query"] = searchable_by_query
         calls = [{"name": "run_batch", "stage": t["stage"], "seconds": float(t["body_s"] or 0)} for t in telemetry]
         result["stages"] = self._stage_rows(calls, telemetry, result["airflow"])
         bodies = sum(c["seconds"] for c in calls)
@@ -843,7 +926,7 @@ class Bench:
         cpu_before = {n: cpu_seconds(p) for n, p in pids.items()}
         own_before = os.times()
         machine_before = machine_busy_seconds()
-        solr_before = self.standins["solr"].ask("stats")
+        solr_before = self.solr_stats()
         timer.take()
         sampler.take()
         reset_peak_rss()
@@ -851,9 +934,11 @@ class Bench:
         load_before = os.getloadavg()[0]
         started = time.perf_counter()
         print(f"\n=== {name}: running iati_refresh ...", flush=True)
+        watcher = self._watch(changed_ids, started)
         with idle_polls() as polls:
             dag_run = dag.test()
         wall = time.perf_counter() - started
+        searchable_by_query = self._watched(watcher, wall)
         calls = timer.take()
         own_after = os.times()
         rss = sampler.take()
@@ -866,7 +951,7 @@ class Bench:
             "task_process_peak_rss_mb": round(_status_kb(os.getpid(), "VmHWM:") / 1024, 1),
             **rss,
         }
-        solr_after = self.standins["solr"].ask("stats")
+        solr_after = self.solr_stats()
         cpu = {n: round(cpu_seconds(p) - cpu_before[n], 1) for n, p in pids.items()}
         cpu["task_process"] = round(own_after.user + own_after.system - own_before.user - own_before.system, 1)
         cpu["stage_workers"] = round(own_after.children_user + own_after.children_system
@@ -896,6 +981,8 @@ class Bench:
                           count(*) AS n FROM document GROUP BY 1""").fetchall()}
         result["stages"] = self._stage_rows(calls, telemetry, result["airflow"])
         result["non_ok_codes"] = [dict(r) for r in codes]
+        if searchable_by_query is not None:
+            result["searchable_by_query"] = searchable_by_query
         bodies = sum(c["seconds"] for c in calls)
         result["task_bodies_s"] = round(bodies, 2)
         result["outside_task_bodies_s"] = round(wall - bodies, 2)
@@ -1056,6 +1143,24 @@ class Bench:
         path.write_text(json.dumps(self.results, indent=1, default=str), encoding="utf-8")
 
 
+def real_solr_stats(url: str) -> dict[str, float]:
+    """``busy_s``: seconds Solr spent in /update requests (all cores); ``documents``: documents held."""
+    import httpx
+
+    metrics = httpx.get(f"{url}/admin/metrics", params={"group": "core", "prefix": "UPDATE./update.totalTime",
+                                                        "wt": "json"}, timeout=60).json()
+    busy_ms = 0.0
+    for values in metrics.get("metrics", {}).values():
+        total = values.get("UPDATE./update.totalTime")
+        if isinstance(total, (int, float)):
+            busy_ms += float(total) / 1e6 if total > 1e9 else float(total)  # nanoseconds or milliseconds
+    documents = 0
+    for role in ("activity", "transaction", "budget"):
+        answer = httpx.get(f"{url}/{role}/select", params={"q": "*:*", "rows": 0, "wt": "json"}, timeout=60).json()
+        documents += int(answer["response"]["numFound"])
+    return {"busy_s": busy_ms / 1000.0, "documents": documents}
+
+
 def _airflow_times_from_api(tis: list[dict[str, Any]]) -> dict[str, Any]:
     """Per task: instances, their summed run time and span, from the REST API's task instances."""
     per_task: dict[str, dict[str, Any]] = {}
@@ -1100,7 +1205,9 @@ def print_scenario(r: dict[str, Any]) -> None:
     print(f"other task bodies: {r['other_bodies_s']}")
     print(f"peak RSS: stage workers {r['worker_peak_rss_mb']} MB ({r['workers_seen']} worker processes), "
           f"task process {r['task_process_peak_rss_mb']} MB")
-    print(f"CPU seconds: {r['cpu_s']}; Solr stand-in busy {r['solr_busy_s']} s")
+    print(f"CPU seconds: {r['cpu_s']}; Solr busy in /update {r['solr_busy_s']} s")
+    if r.get("searchable_by_query"):
+        print(f"changed datasets searchable, as a Solr query saw it: {r['searchable_by_query']}")
     if r.get("searchable"):
         print(f"changed datasets searchable: {r['searchable']}")
     print(f"document states: {r['state_counts']}")
@@ -1123,6 +1230,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--safety-period-s", type=int, default=0,
                         help="REFRESHER_SAFETY_CHECK_PERIOD_S (0: schema-invalid files are cleaned at once)")
     parser.add_argument("--airflow-log-level", default="WARNING")
+    parser.add_argument("--solr", choices=("real", "standin"), default="real",
+                        help="a real SolrCloud (solr/runner, needs Java and Maven) or the lean pure-Python stand-in")
+    parser.add_argument("--solr-heap-mb", type=int, default=1024)
     parser.add_argument("--executor", choices=("dag-test", "celery"), default="dag-test",
                         help="dag.test() in this process, or a scheduler with two Celery workers")
     parser.add_argument("--keep", action="store_true", help="keep the refresher database afterwards")

@@ -25,7 +25,8 @@ fresh subprocess, so its peak RSS (``VmHWM``) is its own:
 * ``lake-iter``: :func:`iter_lake_entries` alone (parse, serialise, JSON), no storage;
 * ``index-docs``: :func:`index_document` with a Solr client that only serialises the
   requests (the stage's own work: flat file, lake texts, Solr documents, JSON bodies);
-* ``index``: :func:`index_document` against the lean Solr stand-in of ``bench/e2e.py``
+* ``index``: :func:`index_document` against a real SolrCloud (``solr/runner``; ``--solr standin``:
+  the lean Solr stand-in of ``bench/e2e.py``)
   (running in its own process: its time is in the wall time, not in the stage's CPU).
 
 Prints wall, user and system seconds, activities/s, MB/s (10^6 bytes of input per second),
@@ -570,6 +571,18 @@ def measure(stage: str, path: Path, activities: int, repeat: int, *, extra: dict
     return best
 
 
+SOLR_KIND = ["real"]  # set from --solr
+
+
+def _solr_busy(extra: dict[str, Any], stage: str) -> float | None:
+    """Seconds real Solr has spent in /update so far (None unless the stage is ``index`` on real Solr)."""
+    if stage != "index" or SOLR_KIND[0] != "real" or "solr_url" not in extra:
+        return None
+    from e2e import real_solr_stats
+
+    return real_solr_stats(extra["solr_url"])["busy_s"]
+
+
 def bench_file(path: Path, repeat: int, stages: list[str], reference: dict[str, Any] | None) -> list[dict[str, Any]]:
     size_mb = path.stat().st_size / 1e6
     print(f"\n{path.name}: {size_mb:.1f} MB")
@@ -587,10 +600,16 @@ def bench_file(path: Path, repeat: int, stages: list[str], reference: dict[str, 
     solr = None
     if "index" in stages:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from e2e import StandIn
+        if SOLR_KIND[0] == "real":
+            from iati_refresher.local.solr import LocalSolrCloud
 
-        solr = StandIn("solr")
-        extra["solr_url"] = solr.info["url"]
+            solr = LocalSolrCloud(heap_mb=1024).start()
+            extra["solr_url"] = solr.url
+        else:
+            from e2e import StandIn
+
+            solr = StandIn("solr")
+            extra["solr_url"] = solr.info["url"]
     if server is not None:
         extra["url"] = server.url
     try:
@@ -598,7 +617,12 @@ def bench_file(path: Path, repeat: int, stages: list[str], reference: dict[str, 
             if stage == "lakify-shm" and not os.path.isdir(SHM):
                 continue
             try:
+                solr_before = _solr_busy(extra, stage)
                 r = baseline if stage == "iterparse" else measure(stage, path, activities, repeat, extra=extra)
+                if solr_before is not None:
+                    # Solr's own time in /update over all repeats; the stage's best run is one of them.
+                    busy = (_solr_busy(extra, stage) or 0.0) - solr_before
+                    r["solr_update_s_per_run"] = round(busy / repeat, 2)
             except RuntimeError as exc:
                 print(f"{stage:<12}failed: {str(exc).strip().splitlines()[-1]}")
                 continue
@@ -628,6 +652,11 @@ def bench_file(path: Path, repeat: int, stages: list[str], reference: dict[str, 
                     f"{ref_row['peak_rss_mb']:>8.0f} MB"
                     + (f"   (stubbed: {', '.join(ref_row['stubbed_modules'])})" if ref_row["stubbed_modules"] else "")
                 )
+            if r.get("solr_update_s_per_run"):
+                docs = sum(int(r.get(k) or 0) for k in ("activities", "transactions", "budgets"))
+                print(f"{'  Solr':<12}{r['solr_update_s_per_run']:>9.2f}  s in /update per run: "
+                      f"{docs / r['solr_update_s_per_run']:.0f} documents/s inside Solr, "
+                      f"{docs / r['seconds']:.0f} documents/s for the stage")
             rows.append({"file": path.name, "mb": round(size_mb, 1), "stage": stage, **r,
                          "mb_s": round(mb_s, 1), "reference": ref_row,
                          "reference_mb_s": round(ref_mb_s, 1) if ref_mb_s else None})
@@ -670,7 +699,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-python", default=sys.executable, help="the Python to run the reference with")
     parser.add_argument("--reference-env", type=Path, help="KEY=VALUE lines the reference's configuration needs")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--solr", choices=("real", "standin"), default="real",
+                        help="index into a real SolrCloud (solr/runner) or the lean stand-in of bench/e2e.py")
     args = parser.parse_args(argv)
+    SOLR_KIND[0] = args.solr
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

@@ -166,7 +166,7 @@ def _follow_or_trigger(stack, dag_id: str) -> str:
     was_paused = stack.api("GET", f"/dags/{dag_id}")["is_paused"]
     if was_paused:
         stack.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             active = stack.api("GET", f"/dags/{dag_id}/dagRuns?state=queued&state=running&order_by=-run_after")
             if active["dag_runs"]:

@@ -8,13 +8,16 @@
   (unless ``AIRFLOW_CONN_REFRESHER_BLOB``);
 * registry: the sample registry the project ships, served on loopback by a
   Bulk-Data-Service-compatible server (unless ``AIRFLOW_CONN_IATI_REGISTRY`` is set);
-* validator: the built-in one; Solr: none unless ``AIRFLOW_CONN_SOLR`` is set;
+* validator: the built-in one; Solr: a real SolrCloud started for the run from Solr's own
+  Maven artifacts (``solr/runner``) when Java is there, stopped afterwards (the run ends by
+  printing what is searchable); ``AIRFLOW_CONN_SOLR`` points it at yours instead;
 * Airflow: a local ``AIRFLOW_HOME=.airflow`` with a SQLite metadata database; the real
   ``iati_refresh`` DAG runs once through ``dag.test()``, then a per-stage summary prints.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -69,9 +72,12 @@ def main() -> int:
         os.environ["AIRFLOW_CONN_IATI_REGISTRY"] = server.url
         print(f"sample registry (Bulk Data Service API) at {server.url}")
 
+    solr_cloud = start_local_solr()
+
     from iati_refresher.local.embedded import describe
 
-    for line in describe(dict(os.environ), sample_registry=server.url if server else None):
+    for line in describe(dict(os.environ), sample_registry=server.url if server else None,
+                         local_solr=solr_cloud.url if solr_cloud else None):
         print(line)
 
     from airflow.utils import db as airflow_db
@@ -105,9 +111,54 @@ def main() -> int:
     print(f"status of one dataset: AIRFLOW_CONN_REFRESHER_DB={os.environ['AIRFLOW_CONN_REFRESHER_DB']} "
           ".venv/bin/refresher status meadowlark-mixed")
     print("the project's PostgreSQL (.run/pg) keeps running for that; make down stops it")
+    if solr_cloud is not None:
+        try:
+            print_searchable(solr_cloud.url)
+        finally:
+            solr_cloud.stop()
     if server is not None:
         server.stop()
     return 0 if str(run.state).endswith("success") else 1
+
+
+def start_local_solr():
+    """A SolrCloud of Solr's own artifacts for this run, unless ``AIRFLOW_CONN_SOLR`` is set or
+    there is no Java (then indexing is skipped, and the summary says so)."""
+    if os.environ.get("AIRFLOW_CONN_SOLR"):
+        return None
+    from iati_refresher.local.solr import LocalSolrCloud, SolrUnavailable, java_available
+
+    reason = java_available()
+    if reason:
+        print(f"Solr: {reason}; indexing is skipped")
+        return None
+    print("starting SolrCloud (solr/runner, Solr 9.10.1; the first time Maven downloads it) ...", flush=True)
+    shutil.rmtree(RUN_DIR / "solr", ignore_errors=True)
+    (RUN_DIR / "solr").mkdir(parents=True)
+    try:
+        cloud = LocalSolrCloud(base_dir=RUN_DIR / "solr").start()
+    except SolrUnavailable as exc:
+        print(f"Solr did not start ({exc}); indexing is skipped")
+        return None
+    os.environ["AIRFLOW_CONN_SOLR"] = json.dumps({"conn_type": "http", "host": cloud.url})
+    os.environ.setdefault("REFRESHER_SOLR_COMMIT_WITHIN_MS", "1000")  # searchable right after the run
+    print(f"SolrCloud at {cloud.url}")
+    return cloud
+
+
+def print_searchable(url: str) -> None:
+    """What a user can now search: documents per collection, and one query's hits."""
+    from iati_refresher.solr_client import ROLES, SolrClient
+
+    with SolrClient(url, max_retries=2, timeout_s=30) as solr:
+        for role in ROLES:
+            solr.commit(role)
+        print("\nsearchable in Solr (read aliases): " + ", ".join(f"{role} {solr.count(role)}" for role in ROLES))
+        query = "iati_text:water"
+        answer = solr.select("activity", query, fl="iati_identifier,title_narrative", rows=5)
+        print(f"query {url}/activity/select?q={query}: {answer['response']['numFound']} hits")
+        for hit in answer["response"]["docs"]:
+            print(f"  {hit['iati_identifier']}: {' / '.join(hit.get('title_narrative') or [])}")
 
 
 def _sync_result(run) -> dict | None:

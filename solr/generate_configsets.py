@@ -21,9 +21,11 @@ Rules (they mirror the flattener, see ``docs`` of the flatten stage):
   ``extraction_date`` or ``_datetime``) are ``pdate`` — unparseable dates are dropped by the
   flattener, so these never reject a document; ``xsd:decimal`` is ``pdouble``, the integer
   types are ``pint``, ``xsd:boolean`` is ``boolean``;
-* every other value is text: ``*_narrative`` free text is ``text_general``, codes,
-  references, URLs and the like are ``text_gen_sort`` (a SortableTextField, so consumers
-  can sort and facet on them).
+* every other value is text: ``*_narrative`` free text and ``xsd:anyURI`` values are
+  ``text_general``, codes, references and the like are ``text_gen_sort`` (a
+  SortableTextField, so consumers can sort and facet on them);
+* where IATI's production configsets type a field differently (:data:`PRODUCTION_TYPES`),
+  production wins: datastore-search is written against it.
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ def _kind(builtin: str) -> str:
         return "boolean"
     if builtin in ("date", "dateTime"):
         return "date"
+    if builtin == "anyURI":
+        return "uri"
     return "text"
 
 
@@ -310,10 +314,26 @@ class SolrField:
         return f"  <field {' '.join(attrs)}/>"
 
 
+#: Fields IATI's production configsets (IATI/datastore-solr-configs) type otherwise than the
+#: rules above would (numbers indexed as text, a URL as sortable text, an attribute URI as
+#: words); datastore-search queries them as production has them, so here too (solr/README.md,
+#: "Compared with production").
+PRODUCTION_TYPES = {
+    "fss_forecast": "text_gen_sort",
+    "location_administrative_level": "text_gen_sort",
+    "contact_info_website": "text_gen_sort",
+    "dataset_linked_data_default": "text_general",
+}
+
+
 def solr_type(spec: FieldSpec) -> str:
     """The Solr field type for one flattened field (rules in the module docstring)."""
     if DATE_NAME.search(spec.name):
         return "pdate"
+    if spec.name in PRODUCTION_TYPES:
+        return PRODUCTION_TYPES[spec.name]
+    if spec.kinds == {"uri"}:
+        return "text_general"  # as production: URIs are searched by their words, not sorted
     if len(spec.kinds) == 1:
         kind = next(iter(spec.kinds))
         if kind == "decimal":
@@ -336,7 +356,7 @@ def stage_fields(collection: str) -> list[SolrField]:
         SolrField("location_point_latlon", "location_point", multi=True),
         SolrField("indexed_datetime", "pdate", multi=False, default="NOW"),
         SolrField("iati_text", "text_general", multi=True, stored=False),
-        SolrField("iati_identifier_exact", "string", multi=False, stored=False),
+        SolrField("iati_identifier_exact", "string", multi=False),
         SolrField("_version_", "plong", multi=False, indexed=False, stored=False),
         SolrField("_root_", "string", multi=False, stored=False, doc_values=False),
     ]

@@ -95,3 +95,13 @@ def empty_db() -> Iterator[str]:
 def azurite() -> Iterator[services.Azurite]:
     with services.running_azurite() as az:
         yield az
+
+
+@pytest.fixture(scope="session")
+def solrcloud() -> Iterator[object]:
+    """A real SolrCloud (Solr 9.10.1 from Maven Central, ``solr/runner``): embedded ZooKeeper,
+    one node, the project's configsets, collections and aliases.  Started once per session."""
+    from iati_refresher.local.solr import LocalSolrCloud
+
+    with LocalSolrCloud(nodes=1, heap_mb=512) as cloud:
+        yield cloud

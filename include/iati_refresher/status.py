@@ -39,7 +39,9 @@ STATE_LABELS = {
     "indexed": "Indexed",
     "parked": "Parked",
 }
-AVAILABILITY = ("Yes", "Partial", "Old version", "No", "Pending", "N/A")
+AVAILABILITY = ("Yes", "Partial", "Old version", "No", "Pending", "Indexing not configured", "N/A")
+NOT_INDEXED_HERE = ("indexing is not configured in this deployment (no 'solr' connection): the activities are "
+                    "in the activity lake, but nothing is searchable")
 STAGE_WORDS = {
     "download": "download",
     "validate": "validation",
@@ -123,8 +125,27 @@ def list_datasets(
 # ---------------------------------------------------------------------------------------
 
 
-def explain(row: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """Turn a :func:`repository.document_status_rows` row into the status of one dataset."""
+def index_configured(*, ttl_s: float = 60.0) -> bool:
+    """Whether this deployment has a Solr connection (cached for ``ttl_s``: a page explains many rows)."""
+    import time
+
+    from iati_refresher.connections import SOLR, get_connection
+
+    now = time.monotonic()
+    if _INDEX_CONFIGURED.get("until", 0.0) < now:
+        _INDEX_CONFIGURED.update(value=get_connection(SOLR) is not None, until=now + ttl_s)
+    return bool(_INDEX_CONFIGURED["value"])
+
+
+_INDEX_CONFIGURED: dict[str, Any] = {}
+
+
+def explain(row: dict[str, Any], settings: Settings | None = None, *, indexing: bool | None = None) -> dict[str, Any]:
+    """Turn a :func:`repository.document_status_rows` row into the status of one dataset.
+
+    :param indexing: whether Solr is configured (default: :func:`index_configured`); without
+        it a dataset that reached the lake is "Indexing not configured", not "Pending" forever.
+    """
     settings = settings or get_settings()
     order = {stage: i for i, stage in enumerate(repo.STAGES)}
     stages = sorted((dict(s) for s in (row.get("stages") or [])), key=lambda s: (order.get(s["stage"], 99), s["stage"]))
@@ -136,6 +157,10 @@ def explain(row: dict[str, Any], settings: Settings | None = None) -> dict[str, 
     report = _report_facts(row)
     reasons = _reasons(row, report, stages, settings)
     availability = _availability(row, report)
+    if availability == "Pending" and row["state"] == "lakified" and not (
+            index_configured() if indexing is None else indexing):
+        availability = "Indexing not configured"
+        reasons = [NOT_INDEXED_HERE, *reasons]
     return {
         "id": row["id"],
         "name": row.get("name"),

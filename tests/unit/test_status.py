@@ -18,6 +18,16 @@ SETTINGS = Settings(max_attempts=5, retry_base_delay_s=600, safety_check_period_
 SEEN = datetime(2026, 3, 1, 12, 0, 0)
 
 
+@pytest.fixture(autouse=True)
+def _solr_as_the_environment_says(monkeypatch):
+    """Whether indexing is configured comes from this test's environment (no Solr connection),
+    not from a cached answer or a connection another in-process test preloaded."""
+    from iati_refresher import connections
+
+    monkeypatch.setattr(connections, "_PRELOADED", {})
+    monkeypatch.setattr(status, "_INDEX_CONFIGURED", {})
+
+
 def _hash(n: int) -> str:
     return f"{n:040x}"
 
@@ -238,8 +248,12 @@ def test_progress_through_the_stages(db, docs, last, state):
     docs.through(doc, last)
     row = one(db, f"progress-{last}")
     assert row["state"] == state
-    assert row["availability"] == ("Yes" if state == "indexed" else "Pending")
-    assert row["reasons"] == []
+    if state == "lakified":  # no Solr connection in the tests' environment
+        assert row["availability"] == "Indexing not configured"
+        assert row["reasons"] == [status.NOT_INDEXED_HERE]
+    else:
+        assert row["availability"] == ("Yes" if state == "indexed" else "Pending")
+        assert row["reasons"] == []
     if state == "indexed":
         assert row["indexed_version"] == "current"
         assert row["activities"]["indexed"] == 3
@@ -508,3 +522,20 @@ def test_gauges_go_to_airflow_stats():
     assert stats_name(gauges[0]) == "iati_refresher.datasets_to_index"
     # Airflow's own Stats object accepts them (a no-op logger unless [metrics] configures one).
     assert emit_stats(gauges[:2], Stats) == 2
+
+
+def test_a_lakified_dataset_waits_for_indexing_only_where_solr_is_configured(db, docs, monkeypatch):
+    doc = docs.add("waits-for-solr")
+    docs.downloaded(doc)
+    docs.validated(doc, _report(valid=True))
+    docs.through(doc, "lakify")
+    from iati_refresher import connections
+
+    monkeypatch.setattr(connections, "_PRELOADED", {})  # what another in-process test preloaded
+    monkeypatch.setattr(status, "_INDEX_CONFIGURED", {})
+    monkeypatch.setenv("AIRFLOW_CONN_SOLR", '{"conn_type": "http", "host": "http://solr:8983/solr"}')
+    row = one(db, "waits-for-solr")
+    assert (row["availability"], row["reasons"]) == ("Pending", [])
+    monkeypatch.setattr(status, "_INDEX_CONFIGURED", {})
+    monkeypatch.delenv("AIRFLOW_CONN_SOLR")
+    assert one(db, "waits-for-solr")["availability"] == "Indexing not configured"

@@ -675,12 +675,18 @@ def mark_unindexed(conn: psycopg.Connection, document_id: str) -> None:
     )
 
 
-def indexed_versions(conn: psycopg.Connection) -> dict[str, str]:
-    """document id → the hash whose documents Solr should hold (for reconciliation)."""
+def indexed_versions(conn: psycopg.Connection) -> dict[str, tuple[str, ...]]:
+    """document id → the hashes whose documents Solr may hold (for reconciliation).
+
+    The indexed version's, and the current version's: an index attempt of the current
+    version that failed part-way has overwritten some activities in place (their ids are
+    the same in every version) and Solr keeps what it accepted; deleting those would take
+    activities out of search that the old version has.  A dataset with no indexed version
+    (excluded, or removed) may hold nothing."""
     rows = conn.execute(
-        "SELECT id, solr_indexed_hash FROM document WHERE solr_indexed_hash IS NOT NULL"
+        "SELECT id, solr_indexed_hash, hash FROM document WHERE solr_indexed_hash IS NOT NULL"
     ).fetchall()
-    return {r["id"]: r["solr_indexed_hash"] for r in rows}
+    return {r["id"]: tuple(dict.fromkeys(h for h in (r["solr_indexed_hash"], r["hash"]) if h)) for r in rows}
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def embedded_settings(run_dir: Path) -> dict[str, str]:
     }
 
 
-def describe(env: dict[str, str], *, sample_registry: str | None) -> list[str]:
+def describe(env: dict[str, str], *, sample_registry: str | None, local_solr: str | None = None) -> list[str]:
     """What an embedded run uses, in words (printed by `make run` and `make up`).  Names
     connections the user set without printing them: they may hold secrets."""
 
@@ -37,6 +37,7 @@ def describe(env: dict[str, str], *, sample_registry: str | None) -> list[str]:
         "registry       " + (f"the sample registry at {sample_registry}" if sample_registry
                              else "the iati_registry connection"),
         "validator      " + chosen("AIRFLOW_CONN_IATI_VALIDATOR", "iati_validator", "built-in schema validator"),
-        "Solr           " + chosen("AIRFLOW_CONN_SOLR", "solr", "not configured: indexing skipped"),
+        "Solr           " + (f"SolrCloud at {local_solr} (solr/runner, Solr's own artifacts)" if local_solr
+                             else chosen("AIRFLOW_CONN_SOLR", "solr", "not configured: indexing skipped")),
         f"safety period  {env.get('REFRESHER_SAFETY_CHECK_PERIOD_S', '7200')} s",
     ]

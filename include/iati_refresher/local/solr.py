@@ -151,3 +151,46 @@ class LocalSolrCloud:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`make solr`: a SolrCloud for you, in the foreground, until Ctrl-C."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m iati_refresher.local.solr", description=main.__doc__)
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--heap-mb", type=int, default=512)
+    parser.add_argument("--dir", type=Path, default=PROJECT_DIR / ".run" / "solr", help="data (emptied first)")
+    args = parser.parse_args(argv)
+    reason = java_available()
+    if reason:
+        print(f"make solr: {reason}")
+        return 1
+    shutil.rmtree(args.dir, ignore_errors=True)
+    args.dir.mkdir(parents=True)
+    print("building solr/runner and starting SolrCloud (the first time Maven downloads Solr 9.10.1) ...", flush=True)
+    cloud = LocalSolrCloud(nodes=args.nodes, heap_mb=args.heap_mb, base_dir=args.dir)
+    try:
+        cloud.start()
+    except SolrUnavailable as exc:
+        print(f"make solr: {exc}")
+        return 1
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    print(f"SolrCloud at {cloud.url} ({args.nodes} node{'s' if args.nodes > 1 else ''}, heap {args.heap_mb} MB, "
+          f"embedded ZooKeeper {cloud.info['zk']})")
+    print("collections: " + ", ".join(f"{n}_1 (aliases {n}, {n}_solrize)" for n in COLLECTIONS))
+    print(f"""use it:  export AIRFLOW_CONN_SOLR='{{"conn_type": "http", "host": "{cloud.url}"}}'""")
+    print(f"search:  curl '{cloud.url}/activity/select?q=*:*&rows=3'")
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        stopping.wait()
+    finally:
+        cloud.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -85,7 +85,7 @@ def test_generator_rules_on_a_small_schema():
         "crs_add_loan_rate": ("pdouble", False),
         "crs_add_loan_signed": ("text_gen_sort", False),
         # complexContent extension: base content plus the extension's own
-        "doc_link_url": ("text_gen_sort", False),
+        "doc_link_url": ("text_general", False),  # xsd:anyURI: words, as production has URIs
         "doc_link_title_narrative": ("text_general", True),
         "doc_link_title_narrative_xml_lang": ("text_gen_sort", True),
         "doc_link_rank": ("pint", False),
@@ -93,7 +93,7 @@ def test_generator_rules_on_a_small_schema():
         "a_b_c": ("text_gen_sort", True),
         "dataset_version": ("text_gen_sort", False),
         "dataset_generated_datetime": ("pdate", False),
-        "dataset_linked_data_default": ("text_gen_sort", False),
+        "dataset_linked_data_default": ("text_general", False),  # production's type
     }
 
 

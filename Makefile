@@ -14,7 +14,7 @@ SCHEMAS := include/iati_refresher/validation/schemas/SOURCE.txt
 AZURITE := tools/node_modules/.bin/azurite-blob
 export REFRESHER_LOCAL_PG_PORT ?= 55432
 
-.PHONY: deps run test test-fast up down trigger solr lint lock ui-check bench conformance clean services
+.PHONY: deps run test test-fast up down trigger solr ui-failed-run lint lock ui-check bench conformance clean services
 
 deps: $(STAMP) $(SCHEMAS) $(AZURITE)
 
@@ -66,6 +66,11 @@ solr: deps
 
 ui-check: deps
 	scripts/ui-check.sh
+
+# A run whose clean batch fails after its retries, on a real scheduler, screenshotted
+# (.run/ui-check/failed-run-grid.png, failed-batch-log.png).
+ui-failed-run: deps
+	$(PY) scripts/ui_failed_run.py
 
 lint: deps
 	$(VENV)/bin/ruff check dags include plugins tests bench scripts

@@ -1001,24 +1001,7 @@ class Bench:
             tis = session.query(TaskInstance).filter(
                 TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id).all()
             rows = [(ti.task_id, ti.map_index, ti.start_date, ti.end_date, str(ti.state)) for ti in tis]
-        per_task: dict[str, dict[str, Any]] = {}
-        for task_id, _map_index, start, end, state in rows:
-            entry = per_task.setdefault(task_id, {"instances": 0, "seconds": 0.0, "states": defaultdict(int),
-                                                  "first_start": None, "last_end": None})
-            entry["instances"] += 1
-            entry["states"][state.rsplit(".", 1)[-1]] += 1
-            if start and end:
-                entry["seconds"] += (end - start).total_seconds()
-                entry["first_start"] = min(filter(None, [entry["first_start"], start]))
-                entry["last_end"] = max(filter(None, [entry["last_end"], end]))
-        for entry in per_task.values():
-            entry["span_s"] = round((entry["last_end"] - entry["first_start"]).total_seconds(), 2) \
-                if entry["first_start"] and entry["last_end"] else 0.0
-            entry["seconds"] = round(entry["seconds"], 2)
-            entry["states"] = dict(entry["states"])
-            entry.pop("first_start")
-            entry.pop("last_end")
-        return {"task_instances": len(rows), "tasks": per_task}
+        return _task_times(rows)
 
     @staticmethod
     def _stage_rows(calls: list[dict[str, Any]], telemetry: list[dict[str, Any]],
@@ -1149,29 +1132,38 @@ def real_solr_stats(url: str) -> dict[str, float]:
 
     metrics = httpx.get(f"{url}/admin/metrics", params={"group": "core", "prefix": "UPDATE./update.totalTime",
                                                         "wt": "json"}, timeout=60).json()
-    busy_ms = 0.0
-    for values in metrics.get("metrics", {}).values():
-        total = values.get("UPDATE./update.totalTime")
+    if "metrics" not in metrics:
+        raise RuntimeError(f"Solr's metrics are not available: {metrics.get('error')}")
+    busy_ns = 0.0
+    for values in metrics["metrics"].values():
+        total = values.get("UPDATE./update.totalTime")  # nanoseconds
         if isinstance(total, (int, float)):
-            busy_ms += float(total) / 1e6 if total > 1e9 else float(total)  # nanoseconds or milliseconds
+            busy_ns += float(total)
     documents = 0
     for role in ("activity", "transaction", "budget"):
         answer = httpx.get(f"{url}/{role}/select", params={"q": "*:*", "rows": 0, "wt": "json"}, timeout=60).json()
         documents += int(answer["response"]["numFound"])
-    return {"busy_s": busy_ms / 1000.0, "documents": documents}
+    return {"busy_s": busy_ns / 1e9, "documents": documents}
 
 
 def _airflow_times_from_api(tis: list[dict[str, Any]]) -> dict[str, Any]:
     """Per task: instances, their summed run time and span, from the REST API's task instances."""
+    rows = [(ti["task_id"], ti["map_index"],
+             dt.datetime.fromisoformat(ti["start_date"]) if ti.get("start_date") else None,
+             dt.datetime.fromisoformat(ti["end_date"]) if ti.get("end_date") else None, str(ti["state"]))
+            for ti in tis]
+    return _task_times(rows)
+
+
+def _task_times(rows: list[tuple[str, int, Any, Any, str]]) -> dict[str, Any]:
+    """(task id, map index, start, end, state) rows → per task: instances, summed run time, span, states."""
     per_task: dict[str, dict[str, Any]] = {}
-    for ti in tis:
-        entry = per_task.setdefault(ti["task_id"], {"instances": 0, "seconds": 0.0, "states": defaultdict(int),
-                                                    "first_start": None, "last_end": None})
+    for task_id, _map_index, start, end, state in rows:
+        entry = per_task.setdefault(task_id, {"instances": 0, "seconds": 0.0, "states": defaultdict(int),
+                                              "first_start": None, "last_end": None})
         entry["instances"] += 1
-        entry["states"][str(ti["state"])] += 1
-        if ti.get("start_date") and ti.get("end_date"):
-            start = dt.datetime.fromisoformat(ti["start_date"])
-            end = dt.datetime.fromisoformat(ti["end_date"])
+        entry["states"][state.rsplit(".", 1)[-1].lower()] += 1
+        if start and end:
             entry["seconds"] += (end - start).total_seconds()
             entry["first_start"] = min(filter(None, [entry["first_start"], start]))
             entry["last_end"] = max(filter(None, [entry["last_end"], end]))
@@ -1182,7 +1174,7 @@ def _airflow_times_from_api(tis: list[dict[str, Any]]) -> dict[str, Any]:
         entry["states"] = dict(entry["states"])
         entry.pop("first_start")
         entry.pop("last_end")
-    return {"task_instances": len(tis), "tasks": per_task}
+    return {"task_instances": len(rows), "tasks": per_task}
 
 
 # =======================================================================================

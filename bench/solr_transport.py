@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,25 +30,22 @@ sys.path.insert(0, str(PROJECT))
 
 
 def build_documents(files: list[Path]) -> dict[str, list[dict[str, Any]]]:
-    from iati_refresher.stages.flatten import flatten_file, iter_flat_activities
+    from iati_refresher.stages.flatten import iter_flat_activities
     from iati_refresher.stages.index import activity_documents, activity_identifier
 
     by_role: dict[str, list[dict[str, Any]]] = {"activity": [], "transaction": [], "budget": []}
     seen: dict[str, int] = {}
     for number, path in enumerate(files):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "flat.jsonl"
-            flatten_file(path, out)
-            for activity in iter_flat_activities(out):
-                identifier = activity_identifier(activity)
-                if not identifier:
-                    continue
-                n = seen.get(identifier, 0)
-                seen[identifier] = n + 1
-                built = activity_documents(activity, document_id=f"bench-{number}", document_hash="h",
-                                           occurrence=n, iati_xml="<iati-activity/>", iati_json="{}")
-                for role, doc in built.by_role():
-                    by_role[role].append(doc)
+        for activity in iter_flat_activities(path):
+            identifier = activity_identifier(activity)
+            if not identifier:
+                continue
+            n = seen.get(identifier, 0)
+            seen[identifier] = n + 1
+            built = activity_documents(activity, document_id=f"bench-{number}", document_hash="h",
+                                       occurrence=n, iati_xml="<iati-activity/>", iati_json="{}")
+            for role, doc in built.by_role():
+                by_role[role].append(doc)
     return by_role
 
 

@@ -43,7 +43,6 @@ def chromium() -> str:
 
 
 def main() -> int:
-    import psycopg
     import pytest
     from ui_check import Browser
 
@@ -65,12 +64,7 @@ def main() -> int:
             migrate.migrate(conn, get_settings().migrations_dir)
         with pytest.MonkeyPatch.context() as mp, open_world("uifailed", refresher, azurite, mp) as world:
             world.publish_corpus()
-            with psycopg.connect(world.conninfo, autocommit=True) as conn:
-                conn.execute("""
-                    CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-                    BEGIN RAISE EXCEPTION 'could not extend file: No space left on device (injected)'; END $$;
-                    CREATE TRIGGER injected_fault BEFORE UPDATE OF clean_end ON document
-                       FOR EACH ROW EXECUTE FUNCTION injected_fault();""")
+            world.refuse_clean_results()
             env = {**world.environment(), "REFRESHER_REFRESH_SCHEDULE": "none", "REFRESHER_TASK_RETRY_DELAY_S": "1"}
             stack = AirflowStack(home=OUT / "airflow-failed-run", metadata_uri=services.airflow_uri(
                 metadata, driver="postgresql+psycopg"), api_port=services.free_port(), environment=env)

@@ -357,12 +357,7 @@ def test_a_batch_task_failing_after_its_retries_is_recorded_counted_and_paged_on
     and the error, the summary counts them as failed and lists the task, Slack is paged
     once with the task, the batch and the log link, and the run is red (its only clean
     batch failed).  The next run, with the fault gone, converges."""
-    with psycopg.connect(world.conninfo, autocommit=True) as conn:
-        conn.execute("""
-            CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN RAISE EXCEPTION 'could not extend file: No space left on device (injected)'; END $$;
-            CREATE TRIGGER injected_fault BEFORE UPDATE OF clean_end ON document
-               FOR EACH ROW EXECUTE FUNCTION injected_fault();""")
+    world.refuse_clean_results()
     run, states, tries = run_dag(dagbag, "iati_refresh")
     assert str(run.state).endswith("failed"), states
     assert states["clean[0]"].endswith("failed") and tries["clean[0]"] == 3, (states, tries)
@@ -390,8 +385,7 @@ def test_a_batch_task_failing_after_its_retries_is_recorded_counted_and_paged_on
     assert "*iati_refresh.clean[0: " in texts[0] and "failed after its retries" in texts[0]
     assert "/tasks/clean/mapped/0|View log>" in texts[0]
 
-    with psycopg.connect(world.conninfo, autocommit=True) as conn:
-        conn.execute("DROP TRIGGER injected_fault ON document")
+    world.accept_clean_results()
     run2, states2, _ = run_dag(dagbag, "iati_refresh")
     assert succeeded(run2), states2
     assert len(world.slack.messages) == 1, "a healthy run pages nobody"

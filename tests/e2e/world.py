@@ -153,6 +153,20 @@ class World:
             + digest.solr_digest(self.solr.base_url, COLLECTIONS, auth=(SOLR_USER, SOLR_PASSWORD), replacements=rep)
         )
 
+    def refuse_clean_results(self) -> None:
+        """Make the database reject every write of the clean stage's results (a trigger that
+        raises, as a full disk would): the clean batch task then fails on every try."""
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("""
+                CREATE FUNCTION injected_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION 'could not extend file: No space left on device (injected)'; END $$;
+                CREATE TRIGGER injected_fault BEFORE UPDATE OF clean_end ON document
+                   FOR EACH ROW EXECUTE FUNCTION injected_fault();""")
+
+    def accept_clean_results(self) -> None:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER injected_fault ON document")
+
     def stop_blob_storage(self) -> None:
         """Stop Azurite, keeping its data (``start_blob_storage`` brings it back on the same ports)."""
         proc = self.azurite.proc

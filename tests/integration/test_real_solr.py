@@ -334,3 +334,79 @@ def test_create_collections_script_runs_a_zero_downtime_full_reindex_on_real_sol
                 "action": "CREATEALIAS", "name": role, "collections": f"{role}_1", "wt": "json"})
             solr._request("GET", "admin", "collections", params={"action": "DELETE", "name": f"{role}_2",
                                                                  "wt": "json"})
+
+
+# --- what the index stage stores, as real Solr stores it ------------------------------------------------
+
+
+def test_the_documents_of_a_first_index_as_solr_stores_them(solr, blobs):
+    outcome = index_document(publish(blobs, DOC, "h1", V1), blobs, solr, SETTINGS)
+    assert outcome.status == "ok", outcome
+    commit_all(solr)
+    [a1] = solr.select("activity", field_query("iati_identifier", "XM-EXAMPLE-1-A1"), fl="*")["response"]["docs"]
+    assert a1["iati_xml"].startswith("<iati-activity><iati-identifier>XM-EXAMPLE-1-A1</iati-identifier>")
+    assert json.loads(a1["iati_json"])["iati-activity"][0]["n"] == 0
+    assert a1["location_point_latlon"] == ["-1.2921,36.8219"], "a LatLonPoint, stored as sent; 91 10 was dropped"
+    assert "capital_spend_percentage" not in a1, "an empty value is not sent (a pdouble would reject it)"
+    assert a1["budget_bigorg_bigorg_finance_bigorg_applicant"] == ["extension value"], "the stored catch-all"
+    assert a1["indexed_datetime"].endswith("Z"), "the schema's default NOW"
+    assert a1["iati_identifier_exact"] == "XM-EXAMPLE-1-A1", "the copy field, stored as in production"
+    transactions = solr.select("transaction", IN_DOC, fl="*", rows=10)["response"]["docs"]
+    assert len(transactions) == 3 and not any("iati_xml" in t for t in transactions)
+    assert solr.count("activity", "iati_identifier_exact:XM-EXAMPLE-1-A1") == 1
+
+
+def test_a_version_without_activities_and_ids_a_version_no_longer_makes_are_removed(solr, blobs):
+    row = publish(blobs, DOC, "h1", V1)
+    assert index_document(row, blobs, solr, SETTINGS).status == "ok"
+    assert index_document(publish(blobs, "doc-2", "x1", V1[:1]), blobs, solr, SETTINGS).status == "ok"
+    solr.add("transaction", [{"id": "old-style-id", "iati_activities_document_id": DOC,
+                              "iati_activities_document_hash": "h1", "iati_identifier": "X"}])
+    solr.commit("transaction")
+    again = index_document(row, blobs, solr, SETTINGS)
+    assert again.data["removed"] == 1
+    commit_all(solr)
+    assert solr.count("transaction", field_query("id", "old-style-id")) == 0
+    empty = index_document({"id": DOC, "hash": "h2", "flattened_activities": []}, blobs, solr, SETTINGS)
+    assert (empty.status, empty.data["removed"]) == ("ok", 9)
+    commit_all(solr)
+    assert all(solr.count(role, IN_DOC) == 0 for role in ROLES)
+    assert solr.count("activity", field_query("iati_activities_document_id", "doc-2")) == 1, "other datasets stay"
+
+
+def test_a_replica_node_lost_mid_reindex_fails_over_and_recovers(tmp_path, blobs):
+    """Two nodes, one replica of each collection on each: a node stops in the middle of a
+    reindex.  Search never stops answering, the reindex completes (on the surviving
+    replica, after the quick in-request retries ride over the leader election), and the
+    restarted node's replica catches up."""
+    from iati_refresher.local.solr import LocalSolrCloud
+
+    with LocalSolrCloud(nodes=2, heap_mb=512, base_dir=tmp_path / "two-nodes") as cloud:
+        client = Probe(cloud.url, collections=write_collections(SETTINGS), max_retries=6, retry_backoff_s=1.0,
+                       timeout_s=60)
+        assert index_document(publish(blobs, DOC, "h1", V1), blobs, client, SETTINGS).status == "ok"
+        commit_all(client)
+        seen: list[int] = []
+        requests: list[int] = []
+
+        def lose_the_other_node() -> None:
+            requests.append(1)
+            if len(requests) == 2:
+                cloud.stop_node(1)
+            seen.append(client.count("activity", IN_DOC))
+
+        client.observe = lose_the_other_node
+        outcome = index_document(publish(blobs, DOC, "h2", V2), blobs, client, SETTINGS)
+        client.observe = None
+        assert outcome.status == "ok", outcome
+        assert seen and min(seen) > 0, "search answered with the dataset throughout"
+        cloud.start_node(1)
+        commit_all(client)
+        expected = outcome.data["activities"]
+        for node in cloud.node_urls:  # each replica on its own (distrib=false)
+            with SolrClient(node, max_retries=3, timeout_s=60) as direct:
+                cores = direct._request("GET", "admin", "cores", params={"action": "STATUS", "wt": "json"})
+                [core] = [name for name in cores["status"] if name.startswith("activity_1")]
+                answer = direct.select(core, IN_DOC, rows=0, distrib="false")
+                assert answer["response"]["numFound"] == expected, node
+        client.close()

@@ -18,8 +18,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -30,8 +31,7 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 _lock = threading.Lock()
-_session_pg: LocalPostgres | None = None
-_session_redis: LocalRedis | None = None
+_servers: dict[str, Any] = {}
 _session_dir: str | None = None
 
 
@@ -43,35 +43,33 @@ def _work_dir() -> str:
     return _session_dir
 
 
-def pg_admin() -> str:
-    """The conninfo of a PostgreSQL superuser session on the tests' server (started on demand)."""
-    global _session_pg
-    explicit = os.environ.get("REFRESHER_TEST_PG")
+def _session_server(variable: str, start: Callable[[], Any], address: Callable[[Any], str]) -> str:
+    """The address in ``variable`` when set; else a server of the session's, started once and
+    stopped at exit.  The variable is then set, so processes the tests start (Airflow
+    components, benchmarks) use the same server."""
+    explicit = os.environ.get(variable)
     if explicit:
         return explicit
     with _lock:
-        if _session_pg is None:
-            server = LocalPostgres(Path(_work_dir()) / "pg", free_port(), durable=False).start()
-            atexit.register(server.stop)  # registered after rmtree: runs before it
-            _session_pg = server
-            # Processes the tests start (Airflow components, benchmarks) use the same server.
-            os.environ["REFRESHER_TEST_PG"] = server.conninfo()
-        return _session_pg.conninfo()
+        if variable not in _servers:
+            server = start()
+            atexit.register(server.stop)  # registered after the work dir's rmtree: runs before it
+            _servers[variable] = server
+            os.environ[variable] = address(server)
+        return address(_servers[variable])
+
+
+def pg_admin() -> str:
+    """The conninfo of a PostgreSQL superuser session on the tests' server (started on demand)."""
+    return _session_server(
+        "REFRESHER_TEST_PG", lambda: LocalPostgres(Path(_work_dir()) / "pg", free_port(), durable=False).start(),
+        lambda server: server.conninfo())
 
 
 def redis_url() -> str:
     """A Redis server for the test session (the Celery broker), started on demand."""
-    global _session_redis
-    explicit = os.environ.get("REFRESHER_TEST_REDIS")
-    if explicit:
-        return explicit
-    with _lock:
-        if _session_redis is None:
-            server = LocalRedis(Path(_work_dir()) / "redis", free_port()).start()
-            atexit.register(server.stop)
-            _session_redis = server
-            os.environ["REFRESHER_TEST_REDIS"] = server.url
-        return _session_redis.url
+    return _session_server("REFRESHER_TEST_REDIS", lambda: LocalRedis(Path(_work_dir()) / "redis", free_port()).start(),
+                           lambda server: server.url)
 
 
 def _admin() -> psycopg.Connection:

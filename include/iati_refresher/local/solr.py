@@ -90,10 +90,12 @@ class LocalSolrCloud:
         if self.base_dir is None:
             self._own_dir = tempfile.mkdtemp(prefix="solrcloud-")
             self.base_dir = Path(self._own_dir)
-        log_path = self.log_file or (self.base_dir.parent / f"{self.base_dir.name}.log")
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_file or (self.base_dir / "runner.log")
         log: IO[str] = open(log_path, "a")  # noqa: SIM115 - the runner writes it while it runs
         self.proc = subprocess.Popen(
             ["java", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true",
+             "-DmetricsEnabled=true",  # MiniSolrCloudCluster turns Solr's metrics off unless asked
              "-cp", os.pathsep.join(classpath), MAIN_CLASS,
              "--configsets", str(self.configsets), "--base-dir", str(self.base_dir / "cluster"),
              "--nodes", str(self.nodes_wanted)],
@@ -101,17 +103,22 @@ class LocalSolrCloud:
             start_new_session=True,
         )
         log.close()
-        self.info = self._answer(timeout_s, what=f"SolrCloud did not start; see {log_path}")
+        try:
+            self.info = self._answer(timeout_s, what="SolrCloud did not start")
+        except SolrUnavailable as exc:
+            tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+            self.stop()
+            raise SolrUnavailable(f"{exc}; the runner's log ends with:\n{tail}") from None
         return self
 
     def _answer(self, timeout_s: float, *, what: str) -> dict[str, Any]:
         assert self.proc is not None and self.proc.stdout is not None
         result: list[str] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        stdout = self.proc.stdout
+        reader = threading.Thread(target=lambda: result.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout_s)
         if not result or not result[0]:
-            self.stop()
             raise SolrUnavailable(what)
         answer = json.loads(result[0])
         if "error" in answer:

@@ -14,7 +14,7 @@ SCHEMAS := include/iati_refresher/validation/schemas/SOURCE.txt
 AZURITE := tools/node_modules/.bin/azurite-blob
 export REFRESHER_LOCAL_PG_PORT ?= 55432
 
-.PHONY: deps run test test-fast up down trigger solr ui-failed-run lint lock ui-check bench conformance clean services
+.PHONY: deps run test test-fast up down trigger solr ui-failed-run ui-connections lint lock ui-check bench conformance clean services
 
 deps: $(STAMP) $(SCHEMAS) $(AZURITE)
 
@@ -71,6 +71,11 @@ ui-check: deps
 # (.run/ui-check/failed-run-grid.png, failed-batch-log.png).
 ui-failed-run: deps
 	$(PY) scripts/ui_failed_run.py
+
+# Every connection type in Airflow's UI with its Test button's result, against real services
+# and stand-ins (.run/ui-check/connection-*.png).
+ui-connections: deps
+	$(PY) scripts/ui_connections.py
 
 lint: deps
 	$(VENV)/bin/ruff check dags include plugins tests bench scripts

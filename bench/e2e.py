@@ -741,6 +741,7 @@ class Bench:
             blobs = self.work / "blobs"
             shutil.rmtree(blobs, ignore_errors=True)
             os.environ["REFRESHER_LOCAL_BLOB_DIR"] = str(blobs)
+            os.environ["REFRESHER_EMBEDDED"] = "true"  # a local blob directory on purpose
         self.standins["registry"] = StandIn("registry", self.corpus)
         self.standins["validator"] = StandIn("validator")
         if self.args.solr == "real":
@@ -759,9 +760,9 @@ class Bench:
         os.environ["AIRFLOW_CONN_IATI_REGISTRY"] = self.standins["registry"].info["url"]
         validator = self.standins["validator"].info
         os.environ["AIRFLOW_CONN_IATI_VALIDATOR"] = json.dumps({
-            "conn_type": "http", "host": validator["url"],
+            "conn_type": "iati_validator", "host": validator["url"],
             "extra": {"key_name": validator["key_name"], "key": validator["key"]}})
-        os.environ["AIRFLOW_CONN_SOLR"] = json.dumps({"conn_type": "http", "host": solr_url})
+        os.environ["AIRFLOW_CONN_SOLR"] = json.dumps({"conn_type": "iati_solr", "host": solr_url})
         self.record_services()
 
     def stop_services(self) -> None:

@@ -215,7 +215,8 @@ def run_stage(stage: str, path: str, activities: int, extra: dict[str, Any] | No
                 from iati_refresher.connections import ConnectionInfo
                 from iati_refresher.solr_client import client_from_connection
 
-                solr: Any = client_from_connection(ConnectionInfo("solr", "http", host=extra["solr_url"]), settings)
+                solr: Any = client_from_connection(ConnectionInfo("solr", "iati_solr", host=extra["solr_url"]),
+                                                   settings)
             else:
                 solr = SerialisingSolr()
             outcome = index_document(doc, setup, solr, settings)

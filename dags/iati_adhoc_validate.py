@@ -8,8 +8,12 @@ the ad-hoc container (`REFRESHER_ADHOC_CONTAINER`, default `validator-adhoc`). T
 is stored in `adhoc_validation` (guid, filename, session_id, user_email, report, valid,
 validation_api_error) exactly as validator-services reads it.
 
+`choose` picks the source, `validate` is the provider's `IatiValidatorOperator` (the IATI
+Validator API of `iati_validator`, or the built-in validator where configured so), `save`
+writes the row.
+
 ## What healthy looks like
-The task returns the new `adhoc_validation.id`. A file that cannot be fetched or
+The `save` task returns the new `adhoc_validation.id`. A file that cannot be fetched or
 validated still gets a row, with `validation_api_error` saying why.
 """
 
@@ -21,6 +25,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from iati_refresher.alerts import on_failure
+from iati_refresher.operators import IatiValidatorOperator
 
 
 @dag(
@@ -42,15 +47,28 @@ from iati_refresher.alerts import on_failure
     },
 )
 def iati_adhoc_validate():
-    @task(pool="iati_validator")
-    def validate() -> dict:
+    @task(multiple_outputs=True)
+    def choose() -> dict:
         from iati_refresher import pipeline
 
         p = get_current_context()["params"]
-        return pipeline.adhoc_validate(url=p["url"], blob=p["blob"], filename=p["filename"], guid=p["guid"],
-                                       session_id=p["session_id"], user_email=p["user_email"])
+        return pipeline.adhoc_source(p["url"], p["blob"])
 
-    validate()
+    chosen = choose()
+    validate = IatiValidatorOperator(
+        task_id="validate", pool="iati_validator", source=chosen["source"], source_type=chosen["source_type"],
+        meta=False, fail_on_fetch_error=False,  # a file that cannot be fetched still gets its row, with the reason
+    )
+
+    @task
+    def save(result: dict) -> dict:
+        from iati_refresher import pipeline
+
+        p = get_current_context()["params"]
+        return pipeline.save_adhoc_validation(result, filename=p["filename"] or p["url"] or p["blob"], guid=p["guid"],
+                                              session_id=p["session_id"], user_email=p["user_email"])
+
+    save(validate.output)
 
 
 iati_adhoc_validate()

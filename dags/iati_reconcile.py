@@ -20,6 +20,7 @@ import pendulum
 from airflow.sdk import dag, task
 
 from iati_refresher.alerts import on_failure
+from iati_refresher.operators import RefresherBlobOperator
 
 
 @dag(
@@ -41,12 +42,15 @@ def iati_reconcile():
         return pipeline.reconcile_solr()
 
     @task
-    def reconcile_blobs() -> dict:
+    def find_orphaned_blobs() -> list[dict]:
         from iati_refresher import pipeline
 
-        return pipeline.reconcile_blobs()
+        return pipeline.orphaned_blobs()
 
-    reconcile_solr() >> reconcile_blobs()
+    orphans = find_orphaned_blobs()
+    removed = RefresherBlobOperator.partial(task_id="remove_orphaned_blobs", action="remove",
+                                            map_index_template="{{ task.container }}").expand_kwargs(orphans)
+    reconcile_solr() >> orphans >> removed
 
 
 iati_reconcile()

@@ -47,6 +47,7 @@ import pendulum
 from airflow.sdk import Asset, TriggerRule, dag, get_current_context, task
 
 from iati_refresher.alerts import on_failure
+from iati_refresher.operators import SolrIndexOperator
 from iati_refresher.settings import get_settings
 
 REGISTRY_CHANGES = Asset(name="iati_registry_changes", uri="iati://registry/changes")
@@ -132,14 +133,18 @@ def iati_refresh():
         return plan_batches()
 
     def run(stage: str, batches):
-        @task(
-            task_id=stage,
-            pool=POOLS[stage],
-            map_index_template="{{ batch_label }}",
-            retries=2,
-            execution_timeout=timedelta(seconds=SETTINGS.batch_timeout_s),
-            on_failure_callback=None,  # the summary pages once for all failed batches of the run
-        )
+        batch_task = {
+            "task_id": stage,
+            "pool": POOLS[stage],
+            "map_index_template": "{{ batch_label }}",
+            "retries": 2,
+            "execution_timeout": timedelta(seconds=SETTINGS.batch_timeout_s),
+            "on_failure_callback": None,  # the summary pages once for all failed batches of the run
+        }
+        if stage == "index":  # the provider's operator, mapped over the batches
+            return SolrIndexOperator.partial(**batch_task).expand(batch=batches)
+
+        @task(**batch_task)
         def run_batch(batch: dict) -> dict:
             from iati_refresher import pipeline
 

@@ -47,8 +47,9 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from iati_refresher import metrics, status
+from iati_refresher.connections import ConnectionLookupFailed
 from iati_refresher.db import repository as repo
-from iati_refresher.db.connection import DatabaseNotConfigured, connect, resolve_conninfo
+from iati_refresher.db.connection import DatabaseNotConfigured, open_refresher_db
 from iati_refresher.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,8 @@ def refresher_db(_user: Reader) -> Iterator[psycopg.Connection]:
     """A refresher database connection for one request (read only; rolled back after).
     Depends on :func:`reader`, so no anonymous request ever reaches the database."""
     try:
-        conn = connect(resolve_conninfo())
-    except (DatabaseNotConfigured, psycopg.Error) as exc:
+        conn = open_refresher_db()
+    except (DatabaseNotConfigured, ConnectionLookupFailed, psycopg.Error) as exc:
         # The reason goes to the server log only: it can name hosts and users.
         log.error("iati-status: refresher database unavailable: %s", exc)
         raise HTTPException(503, "The refresher database is not reachable; see the API server log.") from None

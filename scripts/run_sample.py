@@ -140,7 +140,7 @@ def start_local_solr():
     except SolrUnavailable as exc:
         print(f"Solr did not start ({exc}); indexing is skipped")
         return None
-    os.environ["AIRFLOW_CONN_SOLR"] = json.dumps({"conn_type": "http", "host": cloud.url})
+    os.environ["AIRFLOW_CONN_SOLR"] = json.dumps({"conn_type": "iati_solr", "host": cloud.url})
     os.environ.setdefault("REFRESHER_SOLR_COMMIT_WITHIN_MS", "1000")  # searchable right after the run
     print(f"SolrCloud at {cloud.url}")
     return cloud

@@ -34,6 +34,9 @@ for _key in list(os.environ):
     if _key.startswith(("AIRFLOW_CONN_", "REFRESHER_")) and not _key.startswith("REFRESHER_TEST_"):
         del os.environ[_key]
 os.environ["REFRESHER_LOCAL_BLOB_DIR"] = os.path.join(_HOME, "blobs")
+# The tests are embedded runs unless a test says otherwise: a missing connection falls back
+# to the local default (tests/unit/test_preflight.py checks the deployment behaviour).
+os.environ["REFRESHER_EMBEDDED"] = "true"
 
 from tests.support import services  # noqa: E402
 

@@ -185,8 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _without_airflow() -> None:
+    """The CLI reads connections from AIRFLOW_CONN_* variables and opens its clients without
+    importing Airflow (a command answers in a fraction of a second, not after Airflow's import)."""
+    from iati_refresher import connections, storage
+    from iati_refresher.db import connection
+
+    connections.use_environment_only()
+    storage.LIGHT_CLIENTS[0] = True
+    connection.LIGHT_CLIENTS[0] = True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _without_airflow()
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

@@ -1,10 +1,18 @@
-"""Find a connection's endpoint and secrets without importing Airflow when we can.
+"""Find a connection's endpoint and secrets: through Airflow wherever Airflow runs.
 
-Tasks resolve connections through Airflow (``BaseHook.get_connection``), which also covers
-``AIRFLOW_CONN_*`` environment variables, secrets backends and the metadata database.
-The CLI and worker processes must not pay Airflow's import cost for the common case,
-so :func:`get_connection` first reads ``AIRFLOW_CONN_<ID>`` itself (URI or JSON form,
-the same rules as Airflow) and only then falls back to Airflow.
+In a task, the DAG processor and the API server, :func:`get_connection` asks Airflow
+(``BaseHook.get_connection``): Airflow's own order applies (a configured secrets backend,
+then ``AIRFLOW_CONN_*`` variables, then the metadata database or the API server), and
+Airflow masks the secrets it returns in every log.  Only "not found" means "not
+configured"; any other error raises :class:`ConnectionLookupFailed` (retryable), never a
+silent default.  Whether a missing connection may fall back to an embedded default is the
+callers' decision, and only embedded runs (``REFRESHER_EMBEDDED``) allow it.
+
+Stage worker processes cannot ask Airflow: the task resolves the connections once and
+hands them over (:func:`preload`).  The ``refresher`` CLI calls
+:func:`use_environment_only`: it then reads ``AIRFLOW_CONN_<ID>`` itself (URI or JSON form,
+parsed as Airflow's ``Connection`` parses them — a test holds the two together) and does
+not pay Airflow's import.
 
 The connection ids are the constants below; the README's configuration table lists them.
 """
@@ -14,11 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 REFRESHER_DB = "refresher_db"
 BLOB_STORAGE = "refresher_blob"
@@ -67,13 +74,16 @@ class ConnectionInfo:
         host = self.host.rstrip("/")
         if "://" in host:
             url = host
+            parts = urlsplit(host)
+            if self.port and parts.port is None:  # a port in its own field, as the UI's form has it
+                url = urlunsplit(parts._replace(netloc=f"{parts.netloc}:{self.port}"))
         else:
             scheme = self.extra.get("scheme") or (
                 self.conn_type if self.conn_type in ("http", "https") else default_scheme
             )
             url = f"{scheme}://{host}"
-        if self.port and "://" not in self.host:
-            url = f"{url}:{self.port}"
+            if self.port:
+                url = f"{url}:{self.port}"
         if self.schema:
             url = f"{url}/{self.schema.strip('/')}"
         return url
@@ -97,28 +107,36 @@ def parse_connection(conn_id: str, value: str) -> ConnectionInfo:
             schema=str(raw.get("schema") or ""),
             extra=dict(raw_extra),
         )
-    parts = urlsplit(value)
-    conn_type = parts.scheme.replace("-", "_")
-    if conn_type == "postgresql":
-        conn_type = "postgres"
+    return _parse_uri(conn_id, value)
+
+
+def _parse_uri(conn_id: str, uri: str) -> ConnectionInfo:
+    """The URI form, by Airflow's rules (``Connection.from_uri``): ``type://`` then either a
+    host, or a host that carries its own scheme (``http://https%3A%2F%2Fexample.org%2Fapi``
+    or ``type://https://…``); the host is lower-cased unless it holds a path."""
+    if uri.count("://") > 2:
+        raise ValueError(f"invalid connection URI for {conn_id!r}")
+    conn_type = urlsplit(uri).scheme
+    with_protocol = uri.count("://") == 2
+    rest = uri.replace(f"{conn_type}://", "" if with_protocol else "//", 1)
+    parts = urlsplit(rest)
+    hostname = unquote(parts.hostname or "")
+    if "/" in hostname:  # an encoded scheme and path: keep its case, as Airflow does
+        hostname = parts.netloc.rsplit("@", 1)[-1].split(":", 1)[0]
+        hostname = unquote(hostname)
+    if with_protocol and hostname:
+        hostname = f"{parts.scheme}://{hostname}"
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if "__extra__" in query:
-        extra: dict[str, Any] = json.loads(query.pop("__extra__"))
-    else:
-        extra = dict(query)
-    # The host may carry an encoded scheme and path (http://https%3A%2F%2Fexample.org%2Fapi),
-    # so take it from the netloc rather than urlsplit's lower-cased ``hostname``.
-    host = parts.netloc.rsplit("@", 1)[-1]
-    if re.search(r":\d+$", host):
-        host = host.rsplit(":", 1)[0]
+    extra: dict[str, Any] = json.loads(query["__extra__"]) if "__extra__" in query else dict(query)
+    normalized = conn_type.replace("-", "_")
     return ConnectionInfo(
         conn_id=conn_id,
-        conn_type=conn_type,
-        host=unquote(host),
+        conn_type="postgres" if normalized == "postgresql" else normalized,
+        host=hostname,
         port=parts.port,
         login=unquote(parts.username or ""),
         password=unquote(parts.password or ""),
-        schema=unquote(parts.path.lstrip("/")),
+        schema=unquote(parts.path[1:]),
         extra=extra,
     )
 
@@ -147,29 +165,63 @@ def preloaded(connections: dict[str, ConnectionInfo | None]) -> Iterator[None]:
         _PRELOADED.update(saved)
 
 
+class ConnectionLookupFailed(RuntimeError):
+    """Looking a connection up failed for another reason than "not found" (a secrets backend
+    or the API server erred): the task fails, retryably, and nothing falls back to a default."""
+
+    def __init__(self, conn_id: str, error: BaseException):
+        super().__init__(f"looking up the connection {conn_id!r} failed ({type(error).__name__}: {error}); "
+                         "nothing was done with a default in its place: retry when the lookup works again")
+        self.conn_id = conn_id
+
+
+class ConnectionMissing(RuntimeError):
+    """A connection this deployment needs is not configured (and the run is not embedded)."""
+
+    def __init__(self, conn_id: str, what: str):
+        super().__init__(
+            f"no {conn_id!r} connection ({what}): configure it (Airflow UI, a secrets backend, or "
+            f"AIRFLOW_CONN_{conn_id.upper()}); embedded defaults apply only when REFRESHER_EMBEDDED=true")
+        self.conn_id = conn_id
+
+
+_ENVIRONMENT_ONLY = False
+
+
+def use_environment_only() -> None:
+    """Read connections from ``AIRFLOW_CONN_*`` variables only (the CLI: no Airflow import)."""
+    global _ENVIRONMENT_ONLY
+    _ENVIRONMENT_ONLY = True
+
+
 def resolve_all(conn_ids: tuple[str, ...] = ALL_CONNECTION_IDS) -> dict[str, ConnectionInfo | None]:
     return {conn_id: get_connection(conn_id) for conn_id in conn_ids}
 
 
 def get_connection(conn_id: str, *, use_airflow: bool = True) -> ConnectionInfo | None:
-    """The connection ``conn_id``, or ``None`` when it is not configured anywhere."""
+    """The connection ``conn_id``, or ``None`` when it is not configured anywhere.
+
+    :raises ConnectionLookupFailed: the lookup failed for another reason than "not found".
+    """
     if conn_id in _PRELOADED:
         return _PRELOADED[conn_id]
+    if use_airflow and not _ENVIRONMENT_ONLY:
+        try:
+            return _from_airflow(conn_id)
+        except ImportError:  # pragma: no cover - Airflow is a dependency
+            pass
     value = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
-    if value:
-        return parse_connection(conn_id, value)
-    if not use_airflow:
-        return None
-    return _from_airflow(conn_id)
+    return parse_connection(conn_id, value) if value else None
 
 
 def _from_airflow(conn_id: str) -> ConnectionInfo | None:
-    try:
-        from airflow.sdk import BaseHook
-    except ImportError:  # pragma: no cover - Airflow is a dependency, but keep the CLI usable
-        return None
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
     try:
         conn = BaseHook.get_connection(conn_id)
-    except Exception:  # AirflowNotFoundException, or no metadata database reachable from the CLI
+    except AirflowNotFoundException:
         return None
+    except Exception as exc:
+        raise ConnectionLookupFailed(conn_id, exc) from exc
     return ConnectionInfo.of(conn_id, conn)

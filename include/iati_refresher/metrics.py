@@ -159,9 +159,9 @@ def emit_stats(gauges: Iterable[Gauge], stats: StatsLike | None = None) -> int:
 def emit_pipeline_gauges(settings: Settings | None = None) -> int:
     """Collect the gauges from the refresher database and emit them as Airflow Stats
     gauges (what the summary task calls).  Returns how many were sent."""
-    from iati_refresher.db.connection import connection, resolve_conninfo
+    from iati_refresher.db.connection import connection
 
     settings = settings or get_settings()
-    with connection(resolve_conninfo()) as conn:
+    with connection() as conn:
         gauges = collect(conn, settings)
     return emit_stats(gauges)

@@ -115,6 +115,11 @@ class CommsHubClient:
             return False
         return True
 
+    def probe(self) -> int:
+        """The HTTP status of an OPTIONS request to the endpoint (the key sent): reachability
+        without notifying anyone.  Raises :class:`httpx.HTTPError` when there is no answer."""
+        return self._client.options(self.url).status_code
+
     def close(self) -> None:
         self._client.close()
 

@@ -23,11 +23,11 @@ import psycopg
 from iati_refresher import connections, workers
 from iati_refresher.db import migrate
 from iati_refresher.db import repository as repo
-from iati_refresher.db.connection import connect, resolve_conninfo
+from iati_refresher.db.connection import connector, open_refresher_db
 from iati_refresher.outcomes import Outcome
 from iati_refresher.run_health import FailedBatch, RunHealth, assess
 from iati_refresher.settings import Settings, get_settings
-from iati_refresher.storage import BlobStore, blob_config_for, open_blob_store
+from iati_refresher.storage import BlobStore, BlobStoreConfig, blob_config_for, blob_store
 
 log = logging.getLogger(__name__)
 # The Azure SDK logs every request and response header at INFO, httpx one line per request
@@ -59,7 +59,7 @@ def utcnow() -> datetime:
 @contextmanager
 def database(settings: Settings | None = None, *, check_schema: bool = True):
     settings = settings or get_settings()
-    conn = connect(resolve_conninfo())
+    conn = open_refresher_db()
     try:
         if check_schema:
             migrate.require(conn, migrate.latest_number(settings.migrations_dir))
@@ -98,31 +98,55 @@ def preflight(settings: Settings | None = None, *, executor: str | None = None) 
     stage later on another machine — unless ``REFRESHER_LOCAL_BLOB_DIR_SHARED`` says the
     directory is a mount all workers share.
     """
-    from iati_refresher.clients import solr_for
+    from iati_refresher.clients import validator_for
+    from iati_refresher.solr_client import open_solr
 
     settings = settings or get_settings()
     executor = airflow_executor() if executor is None else executor
     names = [e.split(":")[-1].rsplit(".", 1)[-1].strip() for e in executor.split(",")]
     distributed = [n for n in names if n not in LOCAL_EXECUTORS]
-    blob = blob_config_for(settings)
-    validator = connections.get_connection(connections.VALIDATOR)
-    solr = solr_for(settings)
+    missing: list[str] = []
+
+    def backend(describe: Callable[[], str]) -> str:
+        try:
+            return describe()
+        except connections.ConnectionMissing as exc:
+            missing.append(str(exc))
+            return f"MISSING ({exc.conn_id})"
+
+    def index() -> str:
+        with open_solr(settings) as solr:
+            return f"Solr at {solr.base_url}" if solr is not None else "not configured (embedded run): indexing skipped"
+
+    def validator() -> str:
+        client = validator_for(settings)
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+        base_url = getattr(client, "base_url", None)
+        return f"IATI Validator API at {base_url}" if base_url else "built-in schema validator"
+
+    blob: list[BlobStoreConfig] = []
     backends = {
+        "kind": "embedded run (local defaults allowed)" if settings.embedded else "deployment",
         "executor": executor or "(default)",
-        "storage": blob.describe(),
+        "storage": backend(lambda: (blob.append(blob_config_for(settings)), blob[0].describe())[1]),
         "registry": f"{settings.registry_source} at {_registry_url(settings)}",
-        "validator": f"IATI Validator API at {validator.base_url()}" if validator else "built-in schema validator",
-        "index": f"Solr at {solr.base_url}" if solr is not None else "not configured: indexing skipped",
-        "alerts": "Slack (slack_oncall)" if connections.get_connection(connections.SLACK) else "logged only",
+        "validator": backend(validator),
+        "index": backend(index),
+        "alerts": "Slack (slack_oncall)" if connections.get_connection(connections.SLACK) else
+                  "NOT CONFIGURED: failures are only logged (set the slack_oncall connection)",
+        "notices": "Communications Hub (iati_commshub)" if connections.get_connection(connections.COMMSHUB) else
+                   "no Communications Hub: publisher flags are announced in Slack only",
     }
-    if solr is not None:
-        solr.close()
     for what, where in backends.items():
         log.info("preflight: %-9s %s", what, where)
-    if distributed and blob.backend == "local" and not settings.local_blob_dir_shared:
+    if missing:
+        raise PreflightFailed("this deployment lacks what the pipeline needs: " + "; ".join(missing))
+    if distributed and blob[0].backend == "local" and not settings.local_blob_dir_shared:
         raise PreflightFailed(
             f"the {', '.join(distributed)} runs tasks on several machines, but blob storage is the local directory "
-            f"{blob.local_dir} of each one: configure the '{connections.BLOB_STORAGE}' connection (Azure Blob "
+            f"{blob[0].local_dir} of each one: configure the '{connections.BLOB_STORAGE}' connection (Azure Blob "
             "Storage), or set REFRESHER_LOCAL_BLOB_DIR_SHARED=true if that directory is a mount every worker shares")
     return backends
 
@@ -130,7 +154,7 @@ def preflight(settings: Settings | None = None, *, executor: str | None = None) 
 def _registry_url(settings: Settings) -> str:
     conn = connections.get_connection(connections.REGISTRY)
     if conn is not None:
-        return conn.base_url()
+        return conn.base_url(default_scheme="https")
     return settings.bds_url if settings.registry_source == "bds" else settings.ckan_url
 
 
@@ -145,9 +169,9 @@ def migrate_database(target: int | None = None, settings: Settings | None = None
     with database(settings, check_schema=False) as conn:
         before, after = migrate.migrate(conn, settings.migrations_dir, target)
     log.info("refresher database: migration %s → %s", before, after)
-    config = blob_config_for(settings)
-    open_blob_store(config).ensure_containers(containers(settings))
-    return {"from": before, "to": after, "storage": config.describe()}
+    with blob_store(settings) as store:
+        store.ensure_containers(containers(settings))
+    return {"from": before, "to": after, "storage": blob_config_for(settings).describe()}
 
 
 def containers(settings: Settings) -> list[str]:
@@ -163,8 +187,9 @@ def containers(settings: Settings) -> list[str]:
 def sync_registry(run_id: str | None, settings: Settings | None = None, *, force: bool = False) -> dict[str, Any]:
     """Fetch the registry and apply it.  Returns the sync counts (``refused`` when a gate
     stopped it; ``skipped_unchanged`` when the index ETag did not change)."""
-    from iati_refresher.clients import registry_for, solr_for
+    from iati_refresher.clients import registry_for
     from iati_refresher.registry.base import RegistryInconsistent, RegistryUnavailable
+    from iati_refresher.solr_client import open_solr
     from iati_refresher.stages.sync import SyncResult, sync_snapshot
 
     settings = settings or get_settings()
@@ -187,18 +212,18 @@ def sync_registry(run_id: str | None, settings: Settings | None = None, *, force
                                      result="unchanged index (ETag)")
             conn.commit()
             return {**SyncResult(source=source_name, skipped_unchanged=True).counts()}
-        blobs = open_blob_store(blob_config_for(settings))
-        solr = solr_for(settings)
-        result = sync_snapshot(
-            conn,
-            snapshot,
-            seen_at=utcnow(),
-            run_id=run_id,
-            publisher_safety_share=settings.publisher_safety_share,
-            document_safety_share=settings.document_safety_share,
-            remove_version=lambda doc_id, old_hash: remove_version_blobs(conn, blobs, settings, doc_id, old_hash),
-            remove_dataset=lambda doc_id, hash_: remove_dataset_everywhere(conn, blobs, solr, settings, doc_id, hash_),
-        )
+        with blob_store(settings) as blobs, open_solr(settings) as solr:
+            result = sync_snapshot(
+                conn,
+                snapshot,
+                seen_at=utcnow(),
+                run_id=run_id,
+                publisher_safety_share=settings.publisher_safety_share,
+                document_safety_share=settings.document_safety_share,
+                remove_version=lambda doc_id, old_hash: remove_version_blobs(conn, blobs, settings, doc_id, old_hash),
+                remove_dataset=lambda doc_id, hash_: remove_dataset_everywhere(conn, blobs, solr, settings, doc_id,
+                                                                               hash_),
+            )
         repo.save_registry_state(
             conn, source_name, etag=snapshot.etag, index_created=snapshot.index_created,
             synced=result.refused is None, result=result.refused or "synced",
@@ -255,10 +280,11 @@ def remove_dataset_everywhere(
 def stage_available(stage: str, settings: Settings) -> str | None:
     """Why ``stage`` cannot run in this deployment (None when it can)."""
     if stage == "index":
-        from iati_refresher.clients import solr_for
+        from iati_refresher.solr_client import open_solr
 
-        if solr_for(settings) is None:
-            return "no Solr connection ('solr') is configured: indexing skipped"
+        with open_solr(settings) as solr:
+            if solr is None:
+                return "no Solr connection ('solr') is configured: indexing skipped"
     return None
 
 
@@ -316,8 +342,8 @@ class ClaimKeeper:
     and only once a renewal is due (most batches end before that).
     """
 
-    def __init__(self, conninfo: str, ids: Sequence[str], owner: str, ttl_s: int):
-        self.conninfo, self.ids, self.owner, self.ttl_s = conninfo, list(ids), owner, ttl_s
+    def __init__(self, open_connection: Callable[[], psycopg.Connection], ids: Sequence[str], owner: str, ttl_s: int):
+        self.open_connection, self.ids, self.owner, self.ttl_s = open_connection, list(ids), owner, ttl_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"claims-{owner}", daemon=True)
 
@@ -336,7 +362,7 @@ class ClaimKeeper:
         try:
             while not self._stop.wait(max(0.1, self.ttl_s / 3)):
                 try:
-                    conn = conn or connect(self.conninfo)
+                    conn = conn or self.open_connection()
                     held = repo.renew_claims(conn, self.ids, self.owner, self.ttl_s)
                     conn.commit()
                 except psycopg.Error as exc:  # the batch's own connection will report it too
@@ -399,7 +425,7 @@ def run_batch(
         repo.mark_started(conn, stage, docs)
         conn.commit()
         counts["documents_in"] = len(docs)
-        keeper = ClaimKeeper(resolve_conninfo(), [d["id"] for d in docs], owner, settings.claim_ttl_s).start()
+        keeper = ClaimKeeper(connector(), [d["id"] for d in docs], owner, settings.claim_ttl_s).start()
         try:
             pending = _prepare(conn, stage, docs)
             settled.update(d["id"] for d in docs)
@@ -533,12 +559,32 @@ def _execute(stage: str, docs: list[dict[str, Any]], settings: Settings):
     if not docs:
         return iter(())
     resolved = connections.resolve_all()
+    with connections.preloaded(resolved):
+        _require_backends(stage, settings)
     kind = POOL_KIND[stage]
     if stage == "validate" and resolved.get(connections.VALIDATOR) is not None:
         kind = "thread"  # a remote validator: the work is waiting on the network
     size = DOWNLOAD_THREADS if stage == "download" else settings.process_pool_size
     # Datetimes travel to spawned workers fine; jsonb values are plain dicts/lists.
     return workers.run_pool(workers.STAGE_WORKERS[stage], docs, settings, kind=kind, size=size, resolved=resolved)
+
+
+def _require_backends(stage: str, settings: Settings) -> None:
+    """Fail the batch task, before any document is touched, when a connection its stage needs
+    went missing since the preflight (deleted, or a secrets backend that now says "not
+    found"): a systemic fault, not one document's."""
+    blob_config_for(settings)
+    if stage == "validate":
+        from iati_refresher.clients import validator_for
+
+        close = getattr(validator_for(settings), "close", None)
+        if close is not None:
+            close()
+    elif stage == "index":
+        from iati_refresher.solr_client import open_solr
+
+        with open_solr(settings):
+            pass
 
 
 # A new version excluded by one of these rules will never be indexed: the old version's
@@ -563,17 +609,34 @@ def withdraw_old_version(conn: psycopg.Connection, doc: dict[str, Any], settings
         return
     repo.mark_unindexed(conn, doc["id"])
     conn.commit()
-    from iati_refresher.clients import solr_for
-    from iati_refresher.solr_client import SolrError
+    from iati_refresher.solr_client import SolrError, open_solr
     from iati_refresher.stages.index import unindex_document
 
-    solr = solr_for(settings)
-    if solr is None:
-        return
-    try:
-        unindex_document(doc["id"], solr, settings)
-    except SolrError as exc:
-        log.warning("%s: old version not yet removed from Solr (%s); reconciliation will", doc["id"], exc)
+    with open_solr(settings) as solr:
+        if solr is None:
+            return
+        try:
+            unindex_document(doc["id"], solr, settings)
+        except SolrError as exc:
+            log.warning("%s: old version not yet removed from Solr (%s); reconciliation will", doc["id"], exc)
+
+
+def remove_from_index(ids: Sequence[str], settings: Settings | None = None) -> int:
+    """Take datasets out of Solr: their documents deleted everywhere, their indexed version
+    forgotten (the index stage puts them back when asked).  Returns how many documents went."""
+    from iati_refresher.solr_client import open_solr
+    from iati_refresher.stages.index import unindex_document
+
+    settings = settings or get_settings()
+    removed = 0
+    with open_solr(settings) as solr, database(settings) as conn:
+        if solr is None:
+            raise connections.ConnectionMissing(connections.SOLR, "the Solr to remove the datasets from")
+        for doc_id in ids:
+            removed += unindex_document(doc_id, solr, settings)
+            repo.mark_unindexed(conn, doc_id)
+            conn.commit()
+    return removed
 
 
 def _apply(
@@ -895,39 +958,28 @@ def reprocess_preview(ids: Sequence[str], from_stage: str, *, force_redownload: 
 # ---------------------------------------------------------------------------------------
 
 
-def adhoc_validate(
-    *, url: str | None, blob: str | None, filename: str | None, guid: str | None, session_id: str | None,
-    user_email: str | None, settings: Settings | None = None,
-) -> dict[str, Any]:
-    """Validate one uploaded file (a blob in the ad-hoc container) or URL; store the result
-    in ``adhoc_validation`` as validator-services expects.  Returns the row id and outcome."""
-    import tempfile
-
-    from iati_refresher.clients import validator_for
-    from iati_refresher.stages.download import fetch_to_file
-
-    settings = settings or get_settings()
+def adhoc_source(url: str | None, blob: str | None) -> dict[str, str]:
+    """What ``iati_adhoc_validate`` validates: exactly one of a URL or a blob of the ad-hoc container."""
     if bool(url) == bool(blob):
         raise ValueError("give exactly one of url or blob")
-    row: dict[str, Any] = {"guid": guid, "filename": filename or url or blob, "session_id": session_id,
-                           "user_email": user_email}
-    with tempfile.TemporaryDirectory(prefix="adhoc-") as tmp:
-        path = f"{tmp}/file.xml"
-        if url:
-            fetched = fetch_to_file(url, path, settings)
-            if fetched.download_error is not None:
-                row["validation_api_error"] = f"download_error {fetched.download_error}: {fetched.message}"
-        else:
-            open_blob_store(blob_config_for(settings)).get_to_file(settings.adhoc_container, blob, path)
-        if "validation_api_error" not in row:
-            response = validator_for(settings).validate(path, meta=False)
-            if response.body is not None and "valid" in response.body:
-                row["report"] = response.body
-                row["valid"] = bool(response.body.get("valid"))
-                if response.status not in (200, None):
-                    row["validation_api_error"] = str(response.status)
-            else:
-                row["validation_api_error"] = str(response.status or response.error)
+    return {"source": str(url or blob), "source_type": "url" if url else "blob"}
+
+
+def save_adhoc_validation(
+    result: dict[str, Any], *, filename: str | None, guid: str | None, session_id: str | None,
+    user_email: str | None, settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Store an :class:`~iati_refresher.operators.IatiValidatorOperator` result in
+    ``adhoc_validation`` as validator-services reads it.  Returns the row id and outcome."""
+    row: dict[str, Any] = {"guid": guid, "filename": filename, "session_id": session_id, "user_email": user_email}
+    report = result.get("report")
+    if report is not None:
+        row["report"] = report
+        row["valid"] = bool(report.get("valid"))
+        if result.get("status") not in (200, None):
+            row["validation_api_error"] = str(result["status"])
+    else:
+        row["validation_api_error"] = str(result.get("error") or result.get("status"))
     with database(settings) as conn:
         row_id = repo.save_adhoc_validation(conn, row)
         conn.commit()
@@ -941,40 +993,60 @@ def adhoc_validate(
 
 def reconcile_solr(settings: Settings | None = None) -> dict[str, Any]:
     """Remove Solr documents whose dataset is gone or whose version is not the indexed one."""
-    from iati_refresher.clients import solr_for
+    from iati_refresher.solr_client import open_solr
     from iati_refresher.stages.index import reconcile
 
     settings = settings or get_settings()
-    solr = solr_for(settings)
-    if solr is None:
-        return {"skipped": "no Solr connection ('solr') is configured"}
+    with open_solr(settings) as solr:
+        if solr is None:
+            return {"skipped": "no Solr connection ('solr') is configured"}
+        with database(settings) as conn:
+            expected = repo.indexed_versions(conn)
+            conn.rollback()
+        return reconcile(solr, expected, settings)
+
+
+def orphaned_blobs(settings: Settings | None = None, *, chunk: int = 1000, max_chunks: int = 50
+                   ) -> list[dict[str, Any]]:
+    """The blobs no document needs — source/clean files of hashes no document has, lake and
+    flat blobs of datasets that left the registry, flat files of older versions — as
+    ``{"container", "names"}`` chunks for :class:`~iati_refresher.operators.RefresherBlobOperator`
+    (``remove``).  At most ``max_chunks`` chunks a run: the rest waits for the next.  Expired
+    claims are deleted on the way."""
+    settings = settings or get_settings()
     with database(settings) as conn:
-        expected = repo.indexed_versions(conn)
-        conn.rollback()
-    return reconcile(solr, expected, settings)
+        hashes = repo.document_hashes(conn)
+        repo.delete_expired_claims(conn)
+        conn.commit()
+    live_hashes = set(hashes.values())
+    found: list[dict[str, Any]] = []
+
+    def add(container: str, names: list[str]) -> None:
+        for start in range(0, len(names), chunk):
+            if len(found) < max_chunks:
+                found.append({"container": container, "names": names[start:start + chunk]})
+
+    with blob_store(settings) as blobs:
+        for container in (settings.source_container, settings.clean_container):
+            add(container, [n for n in blobs.list(container) if n.removesuffix(".xml") not in live_hashes])
+        for container in (settings.lake_container, settings.flat_container):
+            orphans = []
+            for name in blobs.list(container):
+                doc_id = name.split("/", 1)[0]
+                if doc_id not in hashes or (
+                    container == settings.flat_container and name != f"{doc_id}/{hashes[doc_id]}.jsonl"
+                ):
+                    orphans.append(name)
+            add(container, orphans)
+    return found
 
 
 def reconcile_blobs(settings: Settings | None = None) -> dict[str, int]:
-    """Remove blobs no document needs: source/clean files of hashes no document has, and
-    lake/flat folders of datasets that left the registry."""
+    """Remove every orphaned blob (:func:`orphaned_blobs`) in this process; counts per container."""
     settings = settings or get_settings()
-    blobs = open_blob_store(blob_config_for(settings))
-    with database(settings) as conn:
-        hashes = repo.document_hashes(conn)
-        expired = repo.delete_expired_claims(conn)
-        conn.commit()
-    live_hashes = set(hashes.values())
-    counts = {"expired_claims": expired}
-    for container in (settings.source_container, settings.clean_container):
-        orphans = [n for n in blobs.list(container) if n.removesuffix(".xml") not in live_hashes]
-        counts[container] = blobs.delete(container, orphans)
-    for container in (settings.lake_container, settings.flat_container):
-        orphans = []
-        for name in blobs.list(container):
-            doc_id = name.split("/", 1)[0]
-            if doc_id not in hashes or (
-                container == settings.flat_container and name != f"{doc_id}/{hashes[doc_id]}.jsonl"
-            ):
-                orphans.append(name)
-        counts[container] = blobs.delete(container, orphans)
+    counts: dict[str, int] = {}
+    with blob_store(settings) as blobs:
+        for part in orphaned_blobs(settings, max_chunks=10**9):
+            counts[part["container"]] = counts.get(part["container"], 0) + blobs.delete(part["container"],
+                                                                                         part["names"])
     return counts

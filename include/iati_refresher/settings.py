@@ -55,6 +55,15 @@ def _default_pool_size() -> int:
 class Settings:
     """Typed tunables.  ``Settings.from_env()`` applies ``REFRESHER_*`` overrides."""
 
+    # --- the kind of run ------------------------------------------------------------------
+    # An embedded run (`make run`, `make up`, the tests): a missing connection falls back to
+    # the local default (blob directory, built-in validator, no Solr).  Anywhere else a
+    # missing connection fails the run's preflight; nothing silently switches to a default.
+    embedded: bool = False
+    # "api": the IATI Validator API (the iati_validator connection); "builtin": the built-in
+    # schema validator, chosen on purpose (no ruleset or codelist checks).
+    validator_backend: str = "api"
+
     # --- registry sync -----------------------------------------------------------------
     registry_source: str = "bds"  # "bds" (IATI Bulk Data Service) or "ckan" (IATI Registry)
     bds_url: str = "https://bulk-data.iatistandard.org"  # used when no iati_registry connection

@@ -16,6 +16,7 @@ messages or logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -28,7 +29,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from iati_refresher import __version__
-from iati_refresher.connections import SOLR, ConnectionInfo, get_connection
+from iati_refresher.connections import SOLR, ConnectionInfo, ConnectionMissing, get_connection
 from iati_refresher.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -348,8 +349,22 @@ def client_from_connection(info: ConnectionInfo, settings: Settings) -> SolrClie
 
 
 def solr_for(settings: Settings, *, use_airflow: bool = True) -> SolrClient | None:
-    """The Solr client for the ``solr`` connection, or ``None`` when none is configured."""
+    """The Solr client for the ``solr`` connection; ``None`` (indexing skipped) only in an
+    embedded run without one, else :class:`ConnectionMissing`.  Close it after use."""
     info = get_connection(SOLR, use_airflow=use_airflow)
     if info is None or not info.host:
-        return None
+        if settings.embedded:
+            return None
+        raise ConnectionMissing(SOLR, "the Solr the datastore is indexed into")
     return client_from_connection(info, settings)
+
+
+@contextlib.contextmanager
+def open_solr(settings: Settings) -> Iterator[SolrClient | None]:
+    """:func:`solr_for`, closed afterwards."""
+    client = solr_for(settings)
+    try:
+        yield client
+    finally:
+        if client is not None:
+            client.close()

@@ -18,9 +18,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from iati_refresher.connections import BLOB_STORAGE, ConnectionInfo, get_connection
+from iati_refresher.connections import BLOB_STORAGE, ConnectionInfo, ConnectionMissing, get_connection
 from iati_refresher.settings import Settings
 
 DELETE_CHUNK = 250  # Azure's batch delete takes at most 256 blobs
@@ -36,22 +36,42 @@ class BlobStorageError(RuntimeError):
 
 @dataclass(frozen=True)
 class BlobStoreConfig:
-    """Everything needed to open a store in any process (picklable; holds secrets: never log)."""
+    """Everything needed to open a store in any process (picklable; holds secrets: never log).
+
+    For Azure it holds the ``wasb`` connection itself: the task process opens the client
+    through the Azure provider's ``WasbHook`` (every credential it supports: a connection
+    string, an account key, a SAS token, a service principal, managed or workload identity
+    through ``DefaultAzureCredential``); stage worker processes, which must not pay
+    Airflow's import, open it with :func:`azure_service_client`, which takes the same
+    decisions in the same order (a test holds the two together).
+    """
 
     backend: str = "local"  # "local" or "azure"
     local_dir: str = ""
-    connection_string: str = field(default="", repr=False)
+    connection: ConnectionInfo | None = field(default=None, repr=False)
     retry_total: int = 3  # retries of one Azure request (see ``Settings.blob_retry_total``)
     retry_backoff_s: int = 2
+    timeout_s: float = 300.0
+
+    @property
+    def connection_string(self) -> str:
+        """The connection string of the ``wasb`` connection, when it has one ('' otherwise)."""
+        if self.connection is None:
+            return ""
+        return str(_wasb_field(self.connection.extra, "connection_string") or "")
+
+    def client_options(self) -> dict[str, object]:
+        """What the Azure SDK's clients take besides the credential: our retry policy (a few
+        quick retries: the SDK's default waits of 15 s and more hold every blob request for
+        about 90 s while storage is down; longer outages are the stage retries' business)."""
+        return {"retry_total": self.retry_total, "initial_backoff": self.retry_backoff_s, "increment_base": 1,
+                "random_jitter_range": min(1, self.retry_backoff_s), "connection_timeout": 20,
+                "read_timeout": self.timeout_s}
 
     def describe(self) -> str:
         if self.backend == "local":
             return f"local directory {self.local_dir}"
-        endpoint = next(
-            (p.split("=", 1)[1] for p in self.connection_string.split(";") if p.startswith("BlobEndpoint=")),
-            "Azure Blob Storage",
-        )
-        return f"azure blob storage at {endpoint}"
+        return f"azure blob storage at {azure_account_url(self.connection)}"
 
 
 class BlobStore(Protocol):
@@ -164,22 +184,27 @@ class LocalBlobStore:
 
 
 class AzureBlobStore:
-    """Azure Blob Storage (or Azurite) through azure-storage-blob."""
+    """Azure Blob Storage (or Azurite) through azure-storage-blob.
 
-    def __init__(
-        self, connection_string: str, *, timeout_s: float = 300.0, retry_total: int = 3, retry_backoff_s: int = 2
-    ):
-        from azure.storage.blob import BlobServiceClient, LinearRetry
+    :param connection_string: a storage connection string (tests, tools), or
+    :param service: a ready ``BlobServiceClient`` (what :func:`open_blob_store` passes).
+    """
 
-        # A few quick retries: the SDK default (waits of 15 s and more) holds every blob
-        # request for about 90 s while storage is down, and a batch of documents for an hour.
-        # Longer outages are the stage retries' business (minutes apart, capped).
-        retry = LinearRetry(
-            backoff=retry_backoff_s, retry_total=retry_total, random_jitter_range=min(1, retry_backoff_s)
-        )
-        self._service = BlobServiceClient.from_connection_string(
-            connection_string, connection_timeout=20, read_timeout=timeout_s, retry_policy=retry
-        )
+    def __init__(self, connection_string: str | None = None, *, service: object | None = None,
+                 timeout_s: float = 300.0, retry_total: int = 3, retry_backoff_s: int = 2):
+        if service is None:
+            if not connection_string:
+                raise ValueError("AzureBlobStore needs a connection string or a service client")
+            config = BlobStoreConfig(backend="azure", retry_total=retry_total, retry_backoff_s=retry_backoff_s,
+                                     timeout_s=timeout_s,
+                                     connection=ConnectionInfo(BLOB_STORAGE, "wasb", extra={
+                                         "connection_string": connection_string}))
+            service = azure_service_client(config)
+        self._service: Any = service
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._service.close()
 
     def _blob(self, container: str, name: str):
         return self._service.get_blob_client(container, _check_name(name))
@@ -272,39 +297,132 @@ class AzureBlobStore:
 
 def open_blob_store(config: BlobStoreConfig) -> BlobStore:
     if config.backend == "azure":
-        return AzureBlobStore(
-            config.connection_string, retry_total=config.retry_total, retry_backoff_s=config.retry_backoff_s
-        )
+        return AzureBlobStore(service=azure_service_client(config))
     if config.backend == "local":
         return LocalBlobStore(config.local_dir)
     raise ValueError(f"unknown blob backend {config.backend!r}")
 
 
-def blob_config_from(conn: ConnectionInfo | None, settings: Settings) -> BlobStoreConfig:
+# --- Azure clients: WasbHook in Airflow's processes, the same decisions without it ------------------
+
+#: Set in stage worker processes (and the CLI): open Azure clients without importing Airflow.
+LIGHT_CLIENTS = [False]
+
+
+def _wasb_field(extra: dict[str, Any], name: str) -> Any:
+    """An extra of a ``wasb`` connection, plain or with the UI's ``extra__wasb__`` prefix (as WasbHook reads it)."""
+    if name in extra:
+        return extra[name] or None
+    return extra.get(f"extra__wasb__{name}") or None
+
+
+def azure_account_url(conn: ConnectionInfo | None) -> str:
+    """The blob endpoint a ``wasb`` connection names (for logs: no secret in it)."""
     if conn is None:
+        return "?"
+    connection_string = _wasb_field(conn.extra, "connection_string")
+    if connection_string:
+        parts = dict(p.split("=", 1) for p in str(connection_string).split(";") if "=" in p)
+        if parts.get("BlobEndpoint"):
+            return parts["BlobEndpoint"].rstrip("/")
+        if parts.get("UseDevelopmentStorage", "").lower() == "true":
+            return "http://127.0.0.1:10000/devstoreaccount1"
+        return f"https://{parts.get('AccountName', '?')}.blob.{parts.get('EndpointSuffix', 'core.windows.net')}"
+    host = conn.host
+    if host.startswith("https") and "?" in host:  # an account URL with a SAS token in it
+        host = host.split("?", 1)[0]
+    return _account_url(host, conn.login)
+
+
+def _account_url(host: str, login: str) -> str:
+    """``parse_blob_account_url`` of the Azure provider: the host if it is a URL, else the account's."""
+    if host and "://" in host:
+        return host.rstrip("/")
+    account = host or login
+    return f"https://{account}.blob.core.windows.net"
+
+
+def azure_service_client(config: BlobStoreConfig) -> Any:
+    """A ``BlobServiceClient`` for the config's ``wasb`` connection, with our client options.
+
+    In Airflow's processes this is ``WasbHook.get_conn()`` (the Azure provider decides how to
+    authenticate).  Where Airflow must not be imported (stage worker processes, the CLI) the
+    same decisions are taken here, in the same order: connection string; service principal
+    (``tenant_id``); shared access key; SAS token; the password or ``account_key`` as the
+    account key; else ``DefaultAzureCredential`` (managed identity, workload identity, the
+    environment).
+    """
+    conn = config.connection
+    if conn is None:
+        raise ValueError("an Azure blob store needs its wasb connection")
+    options = config.client_options()
+    if not LIGHT_CLIENTS[0]:
+        try:
+            from iati_refresher.hooks.blob import RefresherWasbHook
+        except ImportError:  # pragma: no cover - the Azure provider is a dependency
+            pass
+        else:
+            return RefresherWasbHook(connection=conn, client_options=options).get_conn()
+    from azure.storage.blob import BlobServiceClient
+
+    extra = {k: v for k, v in conn.extra.items() if not k.startswith("extra__")}
+    for name in ("connection_string", "tenant_id", "shared_access_key", "sas_token", "account_key",
+                 "managed_identity_client_id", "workload_identity_tenant_id", "client_secret_auth_config"):
+        extra.pop(name, None)
+    kwargs = {**options, **extra}
+    connection_string = _wasb_field(conn.extra, "connection_string")
+    if connection_string:
+        return BlobServiceClient.from_connection_string(connection_string, **kwargs)
+    account_url = _account_url(conn.host, conn.login)
+    tenant = _wasb_field(conn.extra, "tenant_id")
+    if tenant:
+        from azure.identity import ClientSecretCredential
+
+        credential = ClientSecretCredential(tenant_id=tenant, client_id=conn.login, client_secret=conn.password,
+                                            **(conn.extra.get("client_secret_auth_config") or {}))
+        return BlobServiceClient(account_url=account_url, credential=credential, **kwargs)
+    shared_access_key = _wasb_field(conn.extra, "shared_access_key")
+    if shared_access_key:
+        return BlobServiceClient(account_url=account_url, credential=shared_access_key, **kwargs)
+    sas_token = _wasb_field(conn.extra, "sas_token")
+    if sas_token:
+        if str(sas_token).startswith("https"):
+            return BlobServiceClient(account_url=sas_token, **kwargs)
+        from azure.core.credentials import AzureSasCredential
+
+        return BlobServiceClient(account_url=account_url, credential=AzureSasCredential(sas_token), **kwargs)
+    credential: Any = conn.password or _wasb_field(conn.extra, "account_key")
+    if not credential:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential(
+            managed_identity_client_id=_wasb_field(conn.extra, "managed_identity_client_id"),
+            workload_identity_tenant_id=_wasb_field(conn.extra, "workload_identity_tenant_id"),
+        )
+    return BlobServiceClient(account_url=account_url, credential=credential, **kwargs)
+
+
+def blob_config_from(conn: ConnectionInfo | None, settings: Settings) -> BlobStoreConfig:
+    """The store for a ``wasb`` connection, or — only in an embedded run — the local directory."""
+    if conn is None:
+        if not settings.embedded:
+            raise ConnectionMissing(BLOB_STORAGE, "Azure Blob Storage for the files the pipeline keeps")
         return BlobStoreConfig(backend="local", local_dir=settings.local_blob_dir)
-    connection_string = conn.extra.get("connection_string") or conn.extra.get(
-        "extra__wasb__connection_string", ""
-    )
-    if not connection_string and conn.login and conn.password:
-        endpoint = conn.host if "://" in conn.host else f"https://{conn.login}.blob.core.windows.net"
-        connection_string = (
-            f"DefaultEndpointsProtocol={endpoint.split('://', 1)[0]};AccountName={conn.login};"
-            f"AccountKey={conn.password};BlobEndpoint={endpoint};"
-        )
-    if not connection_string:
-        raise ValueError(
-            f"connection {conn.conn_id!r} needs a connection_string extra or login/password/host"
-        )
-    return BlobStoreConfig(
-        backend="azure", connection_string=connection_string,
-        retry_total=settings.blob_retry_total, retry_backoff_s=settings.blob_retry_backoff_s,
-    )
+    return BlobStoreConfig(backend="azure", connection=conn, retry_total=settings.blob_retry_total,
+                           retry_backoff_s=settings.blob_retry_backoff_s)
 
 
 def blob_config_for(settings: Settings) -> BlobStoreConfig:
     return blob_config_from(get_connection(BLOB_STORAGE), settings)
 
 
-def blob_store_for(settings: Settings) -> BlobStore:
-    return open_blob_store(blob_config_for(settings))
+@contextlib.contextmanager
+def blob_store(settings: Settings) -> Iterator[BlobStore]:
+    """The deployment's blob store, closed afterwards."""
+    store = open_blob_store(blob_config_for(settings))
+    try:
+        yield store
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            close()

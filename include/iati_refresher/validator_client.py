@@ -27,13 +27,18 @@ from typing import Any
 
 import httpx
 
-from iati_refresher.connections import VALIDATOR, ConnectionInfo, get_connection
+from iati_refresher.connections import VALIDATOR, ConnectionInfo, ConnectionMissing, get_connection
 from iati_refresher.iati.encoding import sniff_encoding, utf8_view
 from iati_refresher.settings import Settings
 
 DEFAULT_KEY_NAME = "x-functions-key"
 DEFAULT_SCHEMA_PATH = "/api/pvt/schema-validate-file"
 DEFAULT_VALIDATE_PATH = "/api/pub/validate"
+DEFAULT_VERSION_PATH = "/api/pub/version"
+
+
+class ValidatorUnavailable(RuntimeError):
+    """The Validator API did not answer a request that needs no file (its version)."""
 UPLOAD_CHUNK = 256 * 1024
 CONNECT_TIMEOUT_S = 30.0
 _UTF8_CODECS = {"utf-8", "utf-8-sig", "ascii"}
@@ -72,6 +77,7 @@ class ValidatorClient:
         timeout_s: float = 3600.0,
         schema_path: str = DEFAULT_SCHEMA_PATH,
         validate_path: str = DEFAULT_VALIDATE_PATH,
+        version_path: str = DEFAULT_VERSION_PATH,
         *,
         transport: httpx.BaseTransport | None = None,
     ):
@@ -80,6 +86,7 @@ class ValidatorClient:
         self.timeout_s = timeout_s
         self.schema_path = schema_path
         self.validate_path = validate_path
+        self.version_path = version_path
         headers = {key_name: key} if key else {}
         self._client = httpx.Client(
             base_url=self.base_url,
@@ -98,6 +105,16 @@ class ValidatorClient:
     def validate(self, path: str | os.PathLike[str], meta: bool) -> ValidatorResponse:
         """POST the file for full validation; ``meta=True`` asks for the per-activity list."""
         return self._post(self.validate_path, path, params={"meta": "true"} if meta else None)
+
+    def version(self) -> str:
+        """The API's version (``GET /api/pub/version``, with the key): a cheap "does it answer"."""
+        try:
+            response = self._client.get(self.version_path)
+        except httpx.HTTPError as exc:
+            raise ValidatorUnavailable(f"{self.base_url}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise ValidatorUnavailable(f"{self.base_url}{self.version_path} answered HTTP {response.status_code}")
+        return response.text.strip()[:100]
 
     def close(self) -> None:
         self._client.close()
@@ -206,20 +223,31 @@ def client_from_connection(conn: ConnectionInfo, settings: Settings) -> Validato
     and ``key`` (or the connection password) the key header; optional extras
     ``schema_path``, ``validate_path`` and ``timeout_s`` override the defaults.
     """
-    extra = conn.extra
+    def extra(name: str) -> Any:  # plain, or with the UI's ``extra__<type>__`` prefix
+        return conn.extra.get(name) or conn.extra.get(f"extra__{conn.conn_type}__{name}")
+
     return ValidatorClient(
         conn.base_url(default_scheme="https"),
-        key_name=str(extra.get("key_name") or DEFAULT_KEY_NAME),
-        key=str(extra.get("key") or conn.password or ""),
-        timeout_s=float(extra.get("timeout_s") or settings.validator_timeout_s),
-        schema_path=str(extra.get("schema_path") or DEFAULT_SCHEMA_PATH),
-        validate_path=str(extra.get("validate_path") or DEFAULT_VALIDATE_PATH),
+        key_name=str(extra("key_name") or DEFAULT_KEY_NAME),
+        key=str(extra("key") or conn.password or ""),
+        timeout_s=float(extra("timeout_s") or settings.validator_timeout_s),
+        schema_path=str(extra("schema_path") or DEFAULT_SCHEMA_PATH),
+        validate_path=str(extra("validate_path") or DEFAULT_VALIDATE_PATH),
     )
 
 
 def validator_for(settings: Settings) -> ValidatorClient | BuiltinValidatorClient:
-    """The Validator API client when an ``iati_validator`` connection exists, else the built-in."""
+    """The validator this deployment uses.
+
+    ``REFRESHER_VALIDATOR_BACKEND=builtin``: the built-in schema validator, on purpose.
+    Otherwise the IATI Validator API of the ``iati_validator`` connection; without one, the
+    built-in validator only in an embedded run, else :class:`ConnectionMissing`.
+    """
+    if settings.validator_backend == "builtin":
+        return BuiltinValidatorClient(settings.schemas_dir)
     conn = get_connection(VALIDATOR)
     if conn is None or not conn.host:
-        return BuiltinValidatorClient(settings.schemas_dir)
+        if settings.embedded:
+            return BuiltinValidatorClient(settings.schemas_dir)
+        raise ConnectionMissing(VALIDATOR, "the IATI Validator API; or set REFRESHER_VALIDATOR_BACKEND=builtin")
     return client_from_connection(conn, settings)

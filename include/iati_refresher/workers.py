@@ -9,14 +9,15 @@ so one bad file never fails its batch; the retry cap parks it visibly if it keep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 from iati_refresher import connections
@@ -31,17 +32,47 @@ WorkerFn = Callable[..., dict[str, Any]]
 
 
 def init_worker(resolved: dict[str, connections.ConnectionInfo | None]) -> None:
-    """Set up a worker process: fix the connections its task resolved, log to stderr."""
+    """Set up a worker process: fix the connections its task resolved, open clients without
+    Airflow (its import would cost each worker 2 s and 100 MB), close them at exit, log to stderr."""
+    import atexit
+
+    from iati_refresher import storage
+
     connections.preload(resolved)
+    storage.LIGHT_CLIENTS[0] = True
+    atexit.register(close_clients)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # One INFO line per HTTP request (Solr, validator, blob service) would flood the task log.
     for noisy in ("azure", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@cache
+#: The clients a process keeps (one per kind and settings: kept-alive connections, not one
+#: per document); closed when the worker process exits.
+_CLIENTS: dict[tuple[str, Settings], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _kept(kind: str, settings: Settings, factory: Callable[[], Any]) -> Any:
+    with _CLIENTS_LOCK:
+        if (kind, settings) not in _CLIENTS:
+            _CLIENTS[kind, settings] = factory()
+        return _CLIENTS[kind, settings]
+
+
 def _blobs(settings: Settings) -> BlobStore:
-    return open_blob_store(blob_config_for(settings))
+    return _kept("blobs", settings, lambda: open_blob_store(blob_config_for(settings)))
+
+
+def close_clients() -> None:
+    """Close the clients this process kept."""
+    with _CLIENTS_LOCK:
+        clients, _ = list(_CLIENTS.values()), _CLIENTS.clear()
+    for client in clients:
+        close = getattr(client, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
 
 
 def _guard(document_id: str, work: Callable[[], Outcome]) -> dict[str, Any]:
@@ -66,11 +97,10 @@ def download(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return _guard(doc["id"], lambda: stage.download_document(doc, _blobs(settings), settings, client=_http(settings)))
 
 
-@cache
 def _http(settings: Settings) -> Any:
     from iati_refresher import net
 
-    return net.http_client(settings)
+    return _kept("http", settings, lambda: net.http_client(settings))
 
 
 def validate(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -92,13 +122,8 @@ def validate(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return _guard(doc["id"], work)
 
 
-_VALIDATORS: dict[Settings, Any] = {}
-
-
 def _validator(settings: Settings, factory: Callable[[Settings], Any]) -> Any:
-    if settings not in _VALIDATORS:
-        _VALIDATORS[settings] = factory(settings)
-    return _VALIDATORS[settings]
+    return _kept("validator", settings, lambda: factory(settings))
 
 
 def clean(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -119,12 +144,11 @@ def lakify(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return _guard(doc["id"], lambda: stage.lakify_document(doc, _blobs(settings), settings))
 
 
-@cache
 def _solr(settings: Settings) -> Any:
     from iati_refresher.clients import solr_for
 
     # One client (and its kept-alive connections) per worker process, not per document.
-    return solr_for(settings)
+    return _kept("solr", settings, lambda: solr_for(settings))
 
 
 def index(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:

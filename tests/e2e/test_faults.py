@@ -393,6 +393,57 @@ def test_a_batch_task_failing_after_its_retries_is_recorded_counted_and_paged_on
     assert_no_leaks(world, capfd, caplog)
 
 
+# --- a secrets backend that fails in the middle of a run ---------------------------------------------------
+
+
+def test_a_failing_connection_lookup_fails_the_task_and_nothing_is_written_in_its_place(
+    world: World, dagbag, reference, capfd, caplog, monkeypatch, tmp_path
+) -> None:
+    """A deployment (not embedded) whose secrets backend refuses the blob storage's lookup
+    while the download stage runs.  "Not configured" must not be read into that: no local
+    directory in place of Azure, no blob, no report, no Solr document.  The download task
+    fails on each try with the connection named, its documents are recorded as failed, the
+    run is red and pages once; with the backend back the rerun converges."""
+    from airflow.sdk.configuration import clear_secrets_backends_cache
+
+    local_dir = tmp_path / "must-stay-empty"
+    monkeypatch.setenv("REFRESHER_EMBEDDED", "false")
+    monkeypatch.setenv("REFRESHER_LOCAL_BLOB_DIR", str(local_dir))
+    monkeypatch.setenv("AIRFLOW__SECRETS__BACKEND", "tests.support.secrets.OutageVault")
+    monkeypatch.setenv("REFRESHER_TEST_VAULT_OUTAGE", "refresher_blob@download")
+    clear_secrets_backends_cache()
+    try:
+        run, states, tries = run_dag(dagbag, "iati_refresh")
+    finally:
+        monkeypatch.delenv("REFRESHER_TEST_VAULT_OUTAGE")
+        monkeypatch.delenv("AIRFLOW__SECRETS__BACKEND")
+        clear_secrets_backends_cache()
+    assert str(run.state).endswith("failed"), states
+    assert states["preflight"].endswith("success"), "the backend answered while the preflight ran"
+    downloads = [t for t in states if t.startswith("download[")]
+    assert downloads and all(states[t].endswith("failed") and tries[t] == 3 for t in downloads), (states, tries)
+
+    recorded = failed_rows(world, "download")
+    assert set(recorded) == set(world.datasets)
+    for row in recorded.values():
+        assert (row["outcome"], row["code"]) == ("failed", "batch_failed")
+        assert "looking up the connection 'refresher_blob' failed" in row["message"]
+        assert "vault.example.org is sealed" in row["message"]
+    assert not local_dir.exists() or not any(local_dir.rglob("*")), "nothing went to a local default"
+    assert all(not list(world.blobs.list(c)) for c in world.containers.values()), "no blob anywhere"
+    assert world.rows("SELECT count(*) AS n FROM document WHERE downloaded IS NOT NULL OR validation IS NOT NULL"
+                      )[0]["n"] == 0
+    assert world.rows("SELECT count(*) AS n FROM validation")[0]["n"] == 0, "no report"
+    assert not world.validator.requests and world.solr.update_requests == 0, "no validation, no Solr document"
+    texts = [m.text for m in world.slack.messages]
+    assert len(texts) == 1 and "download" in texts[0], texts
+
+    run2, states2, _ = run_dag(dagbag, "iati_refresh")
+    assert succeeded(run2), states2
+    assert_converged(world, reference)
+    assert_no_leaks(world, capfd, caplog)
+
+
 # --- a worker process killed ----------------------------------------------------------------------------
 
 

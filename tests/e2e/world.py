@@ -86,9 +86,9 @@ class World:
             "AIRFLOW_CONN_REFRESHER_DB": db_uri_with_password(self.dbname),
             "AIRFLOW_CONN_IATI_REGISTRY": self.registry.url,
             "AIRFLOW_CONN_IATI_VALIDATOR": json.dumps({
-                "conn_type": "http", "host": self.validator.url,
+                "conn_type": "iati_validator", "host": self.validator.url,
                 "extra": {"key_name": self.validator.key_name, "key": VALIDATOR_KEY}}),
-            "AIRFLOW_CONN_SOLR": json.dumps({"conn_type": "http", "host": self.solr.base_url,
+            "AIRFLOW_CONN_SOLR": json.dumps({"conn_type": "iati_solr", "host": self.solr.base_url,
                                              "login": SOLR_USER, "password": SOLR_PASSWORD}),
             "AIRFLOW_CONN_SLACK_ONCALL": self.slack.connection_json(SLACK_TOKEN),
             "AIRFLOW_CONN_REFRESHER_BLOB": json.dumps({

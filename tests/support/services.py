@@ -115,7 +115,10 @@ def azurite_binary() -> Path:
 class Azurite:
     """An Azurite blob (and queue) service on free loopback ports, data in a temp dir."""
 
-    def __init__(self, *, in_memory: bool = False) -> None:
+    def __init__(self, *, in_memory: bool = False, https: tuple[Path, Path] | None = None) -> None:
+        # https: (certificate, key): HTTPS with Azurite's basic OAuth mode, where Bearer tokens
+        # are accepted when their issuer, audience and lifetime pass (``--oauth basic``).
+        self.https = https
         self.blob_port = free_port()
         self.queue_port = free_port()
         self.location = tempfile.mkdtemp(prefix="azurite-")
@@ -124,11 +127,19 @@ class Azurite:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.https else "http"
+
+    @property
+    def account_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT}"
+
+    @property
     def connection_string(self) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
-            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT};"
+            f"DefaultEndpointsProtocol={self.scheme};AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={self.account_url};"
+            f"QueueEndpoint={self.scheme}://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT};"
         )
 
     def start(self) -> Azurite:
@@ -138,6 +149,7 @@ class Azurite:
              "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
              "--tableHost", "127.0.0.1", "--tablePort", str(free_port()),
              *(["--inMemoryPersistence"] if self.in_memory else ["--location", self.location]),
+             *(["--oauth", "basic", "--cert", str(self.https[0]), "--key", str(self.https[1])] if self.https else []),
              "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )

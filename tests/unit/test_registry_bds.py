@@ -242,8 +242,8 @@ def test_the_airflow_hook_builds_the_source_from_its_connection(
     monkeypatch.setenv("AIRFLOW_CONN_IATI_REGISTRY", json.dumps({"conn_type": "http", "host": server.url}))
     hook = IatiRegistryHook(settings=SETTINGS)
     assert IatiRegistryHook.default_conn_name == "iati_registry"
-    assert IatiRegistryHook.conn_type == "http"
-    assert "host" in IatiRegistryHook.get_ui_field_behaviour()["relabeling"]
+    assert IatiRegistryHook.conn_type == "iati_registry"
+    assert "host" in _behaviour("iati_registry")["relabeling"]
     src = hook.get_conn()
     assert isinstance(src, BulkDataServiceSource)
     assert src.fetch(None).source == "bds"
@@ -296,3 +296,11 @@ def test_the_sample_server_runs_as_a_command_with_conditional_indices() -> None:
         proc.wait(10)
         proc.stdout.close()
     assert proc.returncode == 0
+
+
+def _behaviour(connection_type: str) -> dict:
+    """The connection form's field behaviour, as the provider registers it."""
+    from iati_refresher.provider import get_provider_info
+
+    [entry] = [c for c in get_provider_info()["connection-types"] if c["connection-type"] == connection_type]
+    return entry["ui-field-behaviour"]

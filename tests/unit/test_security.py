@@ -314,7 +314,8 @@ def test_connection_and_storage_objects_do_not_show_their_secrets() -> None:
     info = parse_connection("solr", f"http://indexer:{SECRET}@solr.example.org:8983/solr?key={SECRET}")
     assert info.password == SECRET
     assert SECRET not in repr(info)
-    config = BlobStoreConfig(backend="azure", connection_string=f"AccountName=a;AccountKey={SECRET}")
+    config = BlobStoreConfig(backend="azure", connection=ConnectionInfo(
+        "refresher_blob", "wasb", extra={"connection_string": f"AccountName=a;AccountKey={SECRET}"}))
     assert SECRET not in repr(config) and SECRET not in config.describe()
     assert SECRET not in repr(ValidatorClient("https://validator.example.org", key=SECRET))
     client = SolrClient(f"http://indexer:{SECRET}@127.0.0.1:8983/solr")

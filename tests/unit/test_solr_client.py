@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from iati_refresher.connections import ConnectionMissing
 from iati_refresher.settings import Settings
 from iati_refresher.solr_client import (
     SolrClient,
@@ -221,7 +222,9 @@ def test_write_collections_follow_the_settings():
 
 def test_solr_for_reads_the_connection(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_SOLR", raising=False)
-    assert solr_for(Settings(), use_airflow=False) is None
+    assert solr_for(Settings(embedded=True), use_airflow=False) is None, "an embedded run skips indexing"
+    with pytest.raises(ConnectionMissing, match="'solr'"):
+        solr_for(Settings(), use_airflow=False)  # a deployment never skips it silently
     monkeypatch.setenv("AIRFLOW_CONN_SOLR", "http://reader:pw%21@solr.internal:8983/solr")
     client = solr_for(Settings(solr_timeout_s=12.0), use_airflow=False)
     assert client is not None
@@ -255,5 +258,13 @@ def test_hook_builds_the_client_from_the_airflow_connection(monkeypatch):
     assert client.collections == {"activity": "activity", "transaction": "transaction", "budget": "budget"}
     assert isinstance(client._http.auth, httpx.BasicAuth)
     assert SolrHook.default_conn_name == "solr"
-    assert SolrHook.conn_type == "http"
-    assert "host" in SolrHook.get_ui_field_behaviour()["relabeling"]
+    assert SolrHook.conn_type == "iati_solr"
+    assert "host" in _behaviour("iati_solr")["relabeling"]
+
+
+def _behaviour(connection_type: str) -> dict:
+    """The connection form's field behaviour, as the provider registers it."""
+    from iati_refresher.provider import get_provider_info
+
+    [entry] = [c for c in get_provider_info()["connection-types"] if c["connection-type"] == connection_type]
+    return entry["ui-field-behaviour"]

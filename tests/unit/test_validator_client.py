@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from iati_refresher.connections import ConnectionInfo
+from iati_refresher.connections import ConnectionInfo, ConnectionMissing
 from iati_refresher.settings import Settings
 from iati_refresher.validator_client import (
     BuiltinValidatorClient,
@@ -204,10 +204,13 @@ def test_validator_for_uses_the_builtin_without_a_connection(monkeypatch: pytest
     monkeypatch.delenv("AIRFLOW_CONN_IATI_VALIDATOR", raising=False)
     monkeypatch.setattr("iati_refresher.validator_client.get_connection", lambda conn_id: None)
 
-    chosen = validator_for(Settings())
+    chosen = validator_for(Settings(embedded=True))
 
     assert isinstance(chosen, BuiltinValidatorClient)
     assert chosen.validate(VALID, meta=True).status == 200
+    assert isinstance(validator_for(Settings(validator_backend="builtin")), BuiltinValidatorClient), "on purpose"
+    with pytest.raises(ConnectionMissing, match="iati_validator"):
+        validator_for(Settings())  # a deployment never falls back silently
 
 
 def test_validator_for_uses_the_api_when_the_connection_exists(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,8 +247,16 @@ def test_airflow_hook_builds_the_client_from_its_connection(monkeypatch: pytest.
     c = hook.get_conn()
 
     assert IatiValidatorHook.default_conn_name == "iati_validator"
-    assert IatiValidatorHook.conn_type == "http"
-    assert "hidden_fields" in IatiValidatorHook.get_ui_field_behaviour()
+    assert IatiValidatorHook.conn_type == "iati_validator"
+    assert "hidden-fields" in _behaviour("iati_validator")
     assert c.base_url == "https://validator.example/validator"
     assert c._client.headers["x-functions-key"] == KEY
     assert c.timeout_s == 30
+
+
+def _behaviour(connection_type: str) -> dict:
+    """The connection form's field behaviour, as the provider registers it."""
+    from iati_refresher.provider import get_provider_info
+
+    [entry] = [c for c in get_provider_info()["connection-types"] if c["connection-type"] == connection_type]
+    return entry["ui-field-behaviour"]

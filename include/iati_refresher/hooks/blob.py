@@ -1,46 +1,60 @@
-"""Blob storage hook: Azure Blob Storage (connection ``refresher_blob``) or a local directory.
+"""Blob storage through the Azure provider's ``WasbHook`` (connection ``refresher_blob``, type ``wasb``).
 
-With no ``refresher_blob`` connection the pipeline uses the local directory
-``settings.local_blob_dir`` (the embedded default).  The connection is a ``wasb``
-connection: a ``connection_string`` in its extra (Azurite works), or the account name as
-login, the account key as password and the blob endpoint URL as host.
+The connection form, its Test button and every way to authenticate (connection string,
+account key, SAS token, service principal, managed or workload identity) are the Azure
+provider's.  :class:`RefresherWasbHook` adds only what the pipeline needs around it: the
+connection the task already resolved (stage worker processes get it handed over), and the
+client options of :class:`iati_refresher.storage.BlobStoreConfig` (quick retries, timeouts).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from airflow.sdk import BaseHook
+from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
 
-from iati_refresher.connections import BLOB_STORAGE, get_connection
-from iati_refresher.settings import Settings
-from iati_refresher.storage import BlobStore, blob_config_from, open_blob_store
+from iati_refresher.connections import BLOB_STORAGE, ConnectionInfo, get_connection
+from iati_refresher.settings import Settings, get_settings
+from iati_refresher.storage import AzureBlobStore, BlobStoreConfig
 
 
-class BlobStorageHook(BaseHook):
-    """Open the refresher's blob storage from an Airflow ``wasb`` connection.
+class RefresherWasbHook(WasbHook):
+    """``WasbHook`` for the refresher's blob storage.
 
-    :param blob_conn_id: the connection id (default ``refresher_blob``); when it does not
-        exist the local directory backend is used.
+    :param wasb_conn_id: the connection id (default ``refresher_blob``).
+    :param connection: the connection, already looked up (else Airflow looks it up).
+    :param client_options: keyword arguments for ``BlobServiceClient`` that the connection's
+        extras do not set (the extras win, as they do in WasbHook).
     """
 
-    conn_name_attr = "blob_conn_id"
     default_conn_name = BLOB_STORAGE
-    conn_type = "wasb"
-    hook_name = "IATI Refresher blob storage"
 
-    def __init__(self, blob_conn_id: str = BLOB_STORAGE, settings: Settings | None = None, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.blob_conn_id = blob_conn_id
-        self.settings = settings or Settings.from_env()
+    def __init__(self, wasb_conn_id: str = BLOB_STORAGE, *, connection: ConnectionInfo | None = None,
+                 client_options: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(wasb_conn_id=wasb_conn_id, **kwargs)
+        self._resolved = connection
+        self._client_options = dict(client_options or {})
 
-    def get_conn(self) -> BlobStore:
-        return open_blob_store(blob_config_from(get_connection(self.blob_conn_id), self.settings))
+    def get_connection(self, conn_id: str) -> Any:  # type: ignore[override]
+        from airflow.sdk import Connection
 
-    def test_connection(self) -> tuple[bool, str]:
-        try:
-            store = self.get_conn()
-            list(store.list(self.settings.source_container, "__probe__"))
-            return True, "blob storage reachable"
-        except Exception as exc:  # report, never raise, as Airflow's test button expects
-            return False, f"{type(exc).__name__}: {exc}"
+        if self._resolved is not None:
+            info = self._resolved
+            conn = Connection(conn_id=conn_id, conn_type=info.conn_type or "wasb", host=info.host or None,
+                              login=info.login or None, password=info.password or None, schema=info.schema or None,
+                              port=info.port, extra=json.dumps(info.extra))
+        else:
+            conn = super().get_connection(conn_id)
+        extra = {**self._client_options, **(conn.extra_dejson or {})}
+        return Connection(conn_id=conn.conn_id, conn_type=conn.conn_type, host=conn.host, login=conn.login,
+                          password=conn.password, schema=conn.schema, port=conn.port, extra=json.dumps(extra))
+
+    def get_store(self, settings: Settings | None = None) -> AzureBlobStore:
+        """The refresher's blob store on this connection."""
+        settings = settings or get_settings()
+        info = self._resolved or get_connection(self.conn_id)
+        config = BlobStoreConfig(backend="azure", connection=info, retry_total=settings.blob_retry_total,
+                                 retry_backoff_s=settings.blob_retry_backoff_s)
+        self._client_options = {**config.client_options(), **self._client_options}
+        return AzureBlobStore(service=self.get_conn())

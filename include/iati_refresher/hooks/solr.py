@@ -1,12 +1,9 @@
-"""Airflow hook for Solr: builds a :class:`~iati_refresher.solr_client.SolrClient` from a connection.
+"""Solr for the IATI datastore as an Airflow hook (connection ``solr``, type ``iati_solr``).
 
-Connection ``solr`` (type ``http``): *host* is Solr's base URL and may carry a scheme and a
-path (``http://solr:8983/solr``); otherwise *host*, *port* and *schema* (the path, e.g.
-``solr``) are joined.  *login*/*password* are sent as basic auth.  Write targets come from
-the settings (``activity_solrize``, ``transaction_solrize``, ``budget_solrize`` by default).
-
-Code that must not import Airflow (CLI, worker processes) uses :func:`solr_for`, which reads
-the same connection through :func:`iati_refresher.connections.get_connection`.
+The host is Solr's base URL (``http://solr:8983/solr``); login and password, when given,
+are basic auth.  The client writes through the ``*_solrize`` aliases of the ``activity``,
+``transaction`` and ``budget`` collections (names in the settings).  Connections of type
+``http`` made for earlier versions work the same.
 """
 
 from __future__ import annotations
@@ -17,13 +14,11 @@ from airflow.sdk import BaseHook
 
 from iati_refresher.connections import SOLR, ConnectionInfo
 from iati_refresher.settings import Settings, get_settings
-from iati_refresher.solr_client import SolrClient, client_from_connection, solr_for
-
-__all__ = ["SolrHook", "solr_for"]
+from iati_refresher.solr_client import SolrClient, client_from_connection
 
 
 class SolrHook(BaseHook):
-    """Solr for the IATI Refresher (provider shape: ``get_conn()`` returns the plain client).
+    """Solr for the IATI Refresher (``get_conn()`` returns the plain client).
 
     :param solr_conn_id: the Airflow connection id (default ``solr``).
     :param settings: tunables (timeouts, collection names); the environment's by default.
@@ -31,25 +26,13 @@ class SolrHook(BaseHook):
 
     conn_name_attr = "solr_conn_id"
     default_conn_name = SOLR
-    conn_type = "http"
-    hook_name = "Solr (IATI Refresher)"
+    conn_type = "iati_solr"
+    hook_name = "Solr (IATI datastore)"
 
     def __init__(self, solr_conn_id: str = default_conn_name, settings: Settings | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.solr_conn_id = solr_conn_id
         self.settings = settings or get_settings()
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["extra"],
-            "relabeling": {"host": "Solr base URL", "schema": "Path (when the host has none)"},
-            "placeholders": {
-                "host": "http://solr:8983/solr",
-                "login": "basic-auth user (optional)",
-                "password": "basic-auth password (optional)",
-            },
-        }
 
     def connection_info(self) -> ConnectionInfo:
         return ConnectionInfo.of(self.solr_conn_id, self.get_connection(self.solr_conn_id))
@@ -59,11 +42,12 @@ class SolrHook(BaseHook):
         return client_from_connection(self.connection_info(), self.settings)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Ping the three write targets (used by the Airflow UI's *Test* button)."""
+        """Ping the three write targets (the UI's Test button)."""
         try:
             with self.get_conn() as client:
                 for role in client.collections:
                     client.ping(role)
+                targets = ", ".join(client.target(role) for role in client.collections)
         except Exception as exc:  # the UI shows the message
             return False, str(exc)
-        return True, "Solr answered the ping of every collection"
+        return True, f"Solr answered the ping of {targets}"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 def embedded_settings(run_dir: Path) -> dict[str, str]:
     return {
+        # says this is a demo run: missing connections may fall back to the local defaults
+        "REFRESHER_EMBEDDED": "true",
         "REFRESHER_LOCAL_BLOB_DIR": str(run_dir / "blobs"),
         "REFRESHER_SAFETY_CHECK_PERIOD_S": "0",
         "REFRESHER_ALLOW_PRIVATE_ADDRESSES": "true",  # the sample registry listens on loopback
@@ -40,4 +42,7 @@ def describe(env: dict[str, str], *, sample_registry: str | None, local_solr: st
         "Solr           " + (f"SolrCloud at {local_solr} (solr/runner, Solr's own artifacts)" if local_solr
                              else chosen("AIRFLOW_CONN_SOLR", "solr", "not configured: indexing skipped")),
         f"safety period  {env.get('REFRESHER_SAFETY_CHECK_PERIOD_S', '7200')} s",
+        "kind           " + ("embedded run: missing connections fall back to the local defaults"
+                             if env.get("REFRESHER_EMBEDDED", "").lower() in ("1", "true", "yes")
+                             else "deployment: a missing connection fails the preflight"),
     ]

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SolrCloud at {cloud.url} ({args.nodes} node{'s' if args.nodes > 1 else ''}, heap {args.heap_mb} MB, "
           f"embedded ZooKeeper {cloud.info['zk']})")
     print("collections: " + ", ".join(f"{n}_1 (aliases {n}, {n}_solrize)" for n in COLLECTIONS))
-    print(f"""use it:  export AIRFLOW_CONN_SOLR='{{"conn_type": "http", "host": "{cloud.url}"}}'""")
+    print(f"""use it:  export AIRFLOW_CONN_SOLR='{{"conn_type": "iati_solr", "host": "{cloud.url}"}}'""")
     print(f"search:  curl '{cloud.url}/activity/select?q=*:*&rows=3'")
     print("Ctrl-C stops it.", flush=True)
     try:

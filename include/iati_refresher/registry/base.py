@@ -73,6 +73,10 @@ class RegistrySource(Protocol):
 
     def fetch(self, previous_etag: str | None = None) -> RegistrySnapshot | None: ...
 
+    def check(self) -> str:
+        """One cheap request that says the registry answers (the connection's Test button)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -215,11 +219,14 @@ def build_source(
     extra = extra or {}
     owns_client = client is None
     http = client if client is not None else net.http_client(settings)
+    def field(name: str) -> Any:  # plain, or with the UI's ``extra__iati_registry__`` prefix
+        return extra.get(name) or extra.get(f"extra__iati_registry__{name}")
+
     if kind == "bds":
         return BulkDataServiceSource(
             base_url,
-            str(extra.get("dataset_index_path") or settings.bds_dataset_index_path),
-            str(extra.get("reporting_org_index_path") or settings.bds_reporting_org_index_path),
+            str(field("dataset_index_path") or settings.bds_dataset_index_path),
+            str(field("reporting_org_index_path") or settings.bds_reporting_org_index_path),
             http,
             settings,
             owns_client=owns_client,

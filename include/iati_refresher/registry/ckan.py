@@ -93,6 +93,12 @@ class CkanRegistrySource:
             raise RegistryUnavailable(f"CKAN {action} failed: {error or 'not a CKAN API response'}")
         return body["result"]
 
+    def check(self) -> str:
+        """One cheap call (``package_search`` for no rows) to say the registry answers."""
+        result = self._call("package_search", {"rows": 0})
+        count = result.get("count") if isinstance(result, dict) else None
+        return f"CKAN registry at {self.api_url}: {count} datasets listed"
+
     # --- datasets --------------------------------------------------------------------------
 
     def _packages(self) -> list[Any]:

@@ -242,7 +242,9 @@ class AirflowStack:
             "Content-Type": "application/json", "Authorization": f"Bearer {self._token()}"})
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                return json.load(response)
+                payload = response.read()
+                # DELETE answers 204 with no body
+                return json.loads(payload) if payload else None
         except urllib.error.HTTPError as exc:
             raise StackError(f"{method} {path}: {exc.code} {exc.read()[:500]!r}") from exc
 

@@ -19,7 +19,7 @@ from iati_refresher.stages.index import (
     activity_documents,
     activity_identifier,
     index_document,
-    location_point_latlon,
+    location_latlon,
     reconcile,
     unindex_document,
 )
@@ -423,7 +423,9 @@ def test_explode_ids_follow_postgres_jsonb_key_order(db):
     reference["iati_json"] = "{}"
     reference["iati_activities_document_id"] = DOC
     reference["iati_activities_document_hash"] = "h1"
-    reference["location_point_latlon"] = location_point_latlon(reference["location_point_pos"])
+    points = reference["location_point_pos"]
+    points = [points] if isinstance(points, str) else points
+    reference["location_point_latlon"] = [v for v in map(location_latlon, points) if v is not None]
     items = {element: reference.pop(f"@{element}") for element in ("transaction", "budget")}
     reference["id"] = solr_activity_id(DOC, reference["iati_identifier"], 0)
     del reference["iati_xml"], reference["iati_json"]

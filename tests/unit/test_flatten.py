@@ -90,6 +90,33 @@ def test_undeclared_extension_prefix_matches_declared_one(tmp_path):
     assert a["budget_bigorg_bigorg_finance_bigorg_applicant"] == "TEST1"
 
 
+def test_a_prefix_with_a_hyphen_becomes_an_underscore_like_the_rest_of_the_name(tmp_path):
+    # the reference replaced '-' in the whole field name: iati_activities_version, not iati-activities_version
+    path = tmp_path / "hyphen.xml"
+    path.write_text(
+        '<iati-activities xmlns:iati-activities="http://iati.example/a" xmlns:interactions-ngoaidmap="http://n.example/">'
+        '<iati-activity iati-activities:version="2.03"><iati-identifier>A-1</iati-identifier>'
+        '<interactions-ngoaidmap:project-url>u</interactions-ngoaidmap:project-url>'
+        '<budget><low-ns:detail xmlns:low-ns="http://low.example/">7</low-ns:detail></budget>'
+        '</iati-activity></iati-activities>'
+    )
+    (activity,) = iter_flat_activities(path)
+    assert activity["iati_activities_version"] == "2.03"
+    assert activity["interactions_ngoaidmap_project_url"] == "u"
+    assert activity["budget_low_ns_detail"] == "7"
+    assert not [key for key in activity if "-" in key]
+
+
+def test_the_first_prefix_declared_for_a_namespace_names_its_fields(tmp_path):
+    path = tmp_path / "two-prefixes.xml"
+    path.write_text(
+        '<iati-activities><iati-activity xmlns:first="http://x.example/" xmlns:second="http://x.example/">'
+        '<iati-identifier>A-1</iati-identifier><second:thing>t</second:thing></iati-activity></iati-activities>'
+    )
+    (activity,) = iter_flat_activities(path)
+    assert activity["first_thing"] == "t"
+
+
 # --- values -------------------------------------------------------------------------------
 
 

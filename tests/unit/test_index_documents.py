@@ -96,8 +96,9 @@ def test_latlon_validation(pos, expected):
     assert location_latlon(pos) == expected
 
 
-def test_location_point_latlon_keeps_the_shape():
-    assert location_point_latlon("1 2") == "1.0,2.0"
+def test_location_point_latlon_is_always_a_list():
+    # one point is a list too: the exploded ids hash the document, and the reference built a list
+    assert location_point_latlon("1 2") == ["1.0,2.0"]
     assert location_point_latlon(["1 2", "bad", "3 4"]) == ["1.0,2.0", "3.0,4.0"]
     assert location_point_latlon(["bad"]) is None
     assert location_point_latlon("bad") is None
@@ -206,3 +207,15 @@ def test_the_flattened_input_is_not_modified():
     flat = json.loads(json.dumps(FLAT))
     activity_documents(flat, document_id="d", document_hash="h", occurrence=0)
     assert flat == FLAT
+
+
+def test_a_single_point_activity_explodes_with_the_ids_of_a_list_valued_latlon():
+    activity = {"iati_identifier": "A-1", "location_point_pos": "1 2",
+                "@transaction": [{"transaction_value": "5"}]}
+    built = activity_documents(activity, document_id="d", document_hash="h", occurrence=0)
+    assert built.activity["location_point_latlon"] == ["1.0,2.0"]
+    base = {"iati_identifier": "A-1", "location_point_pos": "1 2", "iati_activities_document_id": "d",
+            "iati_activities_document_hash": "h", "location_point_latlon": ["1.0,2.0"],
+            "id": built.activity["id"]}
+    expected = hashlib.sha1((json.dumps({**base, "transaction_value": "5"}) + "0").encode()).hexdigest()
+    assert built.transaction[0]["id"] == expected

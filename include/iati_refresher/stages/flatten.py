@@ -82,7 +82,11 @@ class _Naming:
 
     def __init__(self, nsmap: dict[str | None, str]):
         # namespace URI → prefix declared at the activity (the default namespace has none)
-        self.prefixes = {uri: prefix for prefix, uri in nsmap.items() if prefix is not None}
+        # (the first prefix declared for a URI wins, as in the reference)
+        self.prefixes: dict[str, str] = {}
+        for prefix, uri in nsmap.items():
+            if prefix is not None:
+                self.prefixes.setdefault(uri, prefix)
         self.prefixes[XML_NAMESPACE] = "xml"
         self.activity: list[Any] = ["", None, {}, {}]
         # iati-identifier: its value comes from identifier_of, not from its text
@@ -100,7 +104,8 @@ class _Naming:
             prefix = next((p for p, u in element.nsmap.items() if u == uri and p is not None), None)
             if prefix is None:
                 return _simple_name(name)  # a default namespace has no prefix: keep Clark form
-        return f"{prefix}_{_simple_name(local)}"
+        # the reference replaced '-' in the whole name, prefix included
+        return f"{_simple_name(prefix)}_{_simple_name(local)}"
 
     def _cacheable(self, name: str) -> bool:
         """Names in a namespace declared below the activity depend on the element: not cached."""

@@ -100,12 +100,15 @@ def location_latlon(pos: str) -> str | None:
     return f"{lat!r},{lon!r}"
 
 
-def location_point_latlon(pos: Any) -> str | list[str] | None:
-    """The ``location_point_latlon`` value for a ``location_point_pos`` value (same shape), or ``None``."""
-    if isinstance(pos, list):
-        valid = [v for v in (location_latlon(p) for p in pos) if v is not None]
-        return valid or None
-    return location_latlon(pos)
+def location_point_latlon(pos: Any) -> list[str] | None:
+    """The ``location_point_latlon`` values for a ``location_point_pos`` value, or ``None``.
+
+    Always a list, even for one point: the exploded ids hash the document's JSON, and the
+    reference wrote a list whatever the shape of ``location_point_pos``.
+    """
+    points = pos if isinstance(pos, list) else [pos] if isinstance(pos, str) else []
+    valid = [v for v in (location_latlon(p) for p in points) if v is not None]
+    return valid or None
 
 
 def activity_identifier(activity: Mapping[str, Any]) -> str:

@@ -77,8 +77,10 @@ REFERENCE_RSS_MB = {"flatten": 550, "lakify": 476}
 STAGES = ("iterparse", "download", "validate", "clean", "flatten", "lakify", "lakify-shm", "lake-iter",
           "index-docs", "index")
 # Our stage → the reference stage it is compared with (run by the reference harness).
-REFERENCE_STAGES = {"clean": "clean", "flatten": "flatten", "lakify": "lakify", "lakify-shm": "lakify-shm"}
-REFERENCE_FILES = ("library/flatten.py", "library/lakify.py", "library/clean.py", "constants/config.py")
+REFERENCE_STAGES = {"clean": "clean", "flatten": "flatten", "lakify": "lakify", "lakify-shm": "lakify-shm",
+                    "index-docs": "index-docs"}
+REFERENCE_FILES = ("library/flatten.py", "library/lakify.py", "library/clean.py", "library/solrize.py",
+                   "constants/config.py")
 SHM = "/dev/shm"
 BENCH_HASH = "b" * 40  # a well-formed SHA-1 for the document the stages process
 
@@ -95,13 +97,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def every_other_activity_report(activities: int) -> dict[str, Any]:
+def activity_names(path: str) -> list[str]:
+    """The Validator's meta name of each activity of ``path``: its identifier (as the
+    Validator reads it: the first ``iati-identifier``'s text), ``X(n)`` for the n-th repeat,
+    ``noIdentifier`` for none.  Read with the standard library's parser so the reference's
+    interpreter can run it too."""
+    import xml.etree.ElementTree as ElementTree
+
+    names, seen = [], {}
+    for _event, element in ElementTree.iterparse(path, events=("end",)):
+        if element.tag != "iati-activity":
+            continue
+        node = element.find("iati-identifier")
+        name = "".join(node.itertext()).strip().replace("\r", "").replace("\n", "") if node is not None else ""
+        name = name or "noIdentifier"
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}({seen[name]})")
+        element.clear()
+    return names
+
+
+def every_other_activity_report(path: str) -> dict[str, Any]:
     """A validation report marking every other activity valid (the clean stage's input)."""
     return {
         "valid": False,
         "fileType": "iati-activities",
         "iatiVersion": "2.03",
-        "iati-activities": [{"identifier": str(i), "valid": i % 2 == 0, "index": i} for i in range(activities)],
+        "iati-activities": [{"identifier": name, "valid": i % 2 == 0, "index": i}
+                            for i, name in enumerate(activity_names(path))],
     }
 
 
@@ -151,7 +174,7 @@ def run_stage(stage: str, path: str, activities: int, extra: dict[str, Any] | No
                             max_download_bytes=max(Settings().max_download_bytes, os.path.getsize(path) + 1))
         setup: Any = None
         if stage == "clean":
-            setup = every_other_activity_report(activities)
+            setup = every_other_activity_report(path)
         elif stage in ("lakify", "lakify-shm", "index-docs", "index"):
             setup = LocalBlobStore(tmp)
             setup.put_file(settings.clean_container, f"{BENCH_HASH}.xml", path)
@@ -465,19 +488,105 @@ def _require(module: Any, *names: str) -> None:
         )
 
 
+def jsonb_roundtrip(value: Any) -> Any:
+    """What PostgreSQL's ``jsonb`` gives back: object keys sorted by length in bytes, then bytewise."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
+        return {k: jsonb_roundtrip(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [jsonb_roundtrip(v) for v in value]
+    return value
+
+
+class RecordingDatabase(FakeDatabase):
+    """``library.db`` for flatten and solrize: keeps what flatten stored, gives it back as jsonb did."""
+
+    def __init__(self, flattened: str | None = None) -> None:
+        super().__init__()
+        self.flattened = flattened
+
+    def completeFlatten(self, conn: Any, doc_id: str, flattened: str) -> None:
+        self.calls.append(("completeFlatten", (conn, doc_id)))
+        self.flattened = flattened
+
+    def getFlattenedActivitiesForDoc(self, conn: Any, doc_id: str) -> Any:
+        self.calls.append(("getFlattenedActivitiesForDoc", (conn, doc_id)))
+        return None if self.flattened is None else (jsonb_roundtrip(json.loads(self.flattened)),)
+
+
+# What the reference's configuration needs to import solrize (its Solr URL is never reached).
+REFERENCE_ENV = {
+    "SOLR_API_URL": "http://solr.invalid/solr/", "SOLR_USER": "u", "SOLR_PASSWORD": "p", "SOLR_500_SLEEP": "0",
+    "AZURE_STORAGE_CONNECTION_STRING": "fake", "AZURE_STORAGE_CONTAINER_SOURCE": "source",
+    "AZURE_STORAGE_CONTAINER_CLEAN": "clean", "ACTIVITIES_LAKE_CONTAINER_NAME": "lake", "LOG_LEVEL": "error",
+}
+
+
+class _RecordedResponse:
+    status_code = 200
+    headers: dict[str, str] = {}
+    content = b'{"responseHeader":{"status":0,"QTime":0}}'
+    text = content.decode()
+
+
+class SolrRecorder:
+    """A ``requests.Session`` for pysolr: every request answered 200, request bodies counted.
+
+    pysolr's own work (building and serialising the update body, sanitising it) runs as it
+    would against Solr; only the network round trip is left out, as on this project's side.
+    """
+
+    requests = 0
+    request_bytes = 0
+
+    def _answer(self, url: str, data: Any = None, **kwargs: Any) -> _RecordedResponse:
+        SolrRecorder.requests += 1
+        SolrRecorder.request_bytes += len(data or b"")
+        return _RecordedResponse()
+
+    post = get = _answer
+
+
+def _recording_pysolr(pysolr: Any) -> Any:
+    class RecordingSolr(pysolr.Solr):
+        def get_session(self) -> Any:
+            if self.session is None:
+                self.session = SolrRecorder()
+            return self.session
+
+    return RecordingSolr
+
+
+def _prepare_reference_index(src: Path, path: str, database: RecordingDatabase) -> None:
+    """The index stage's input, prepared untimed by the reference's own flatten and lakify."""
+    flatten, _ = import_reference(src, "library.flatten")
+    database.flattened = json.dumps(flatten.Flattener().process(path))
+    lakify, _ = import_reference(src, "library.lakify")
+    lakify.db = database
+    lakify.BlobServiceClient = FakeBlobService
+    lakify.process_hash_list([(BENCH_HASH, dt.datetime(2000, 1, 1), "bench")])
+
+
 def run_reference_stage(stage: str, src: Path, path: str, activities: int) -> dict[str, Any]:
     """Run the reference's code for ``stage`` on ``path`` in this process (see the module docstring)."""
     base = SHM if stage == "lakify-shm" else None
+    for key, value in REFERENCE_ENV.items():
+        os.environ.setdefault(key, value)
     module_name = {"flatten": "library.flatten", "clean": "library.clean", "lakify": "library.lakify",
-                   "lakify-shm": "library.lakify"}.get(stage)
+                   "lakify-shm": "library.lakify", "index-docs": "library.solrize"}.get(stage)
     if module_name is None:
         raise ReferenceLayoutError(f"no reference harness for the {stage} stage")
     module, stubbed = import_reference(src, module_name)
     with tempfile.TemporaryDirectory(prefix=f"bench-ref-{stage}-", dir=base) as tmp:
-        database = FakeDatabase()
+        database = RecordingDatabase()
         FakeBlobService.root = Path(tmp)
         FakeBlobService.sources = {f"{BENCH_HASH}.xml": path}
         FakeBlobService.written = []
+        if stage == "index-docs":
+            _prepare_reference_index(src, path, database)
+            _require(module, "pysolr", "process_hash_list")
+            module.pysolr.Solr = _recording_pysolr(module.pysolr)
+            SolrRecorder.requests = SolrRecorder.request_bytes = 0
         if stage != "flatten":
             _require(module, "db", "BlobServiceClient")
             module.db = database
@@ -489,9 +598,13 @@ def run_reference_stage(stage: str, src: Path, path: str, activities: int) -> di
             result: dict[str, Any] = {"activities": len(output)}
         elif stage == "clean":
             _require(module, "clean_invalid_documents")
-            index = every_other_activity_report(activities)["iati-activities"]
+            index = every_other_activity_report(path)["iati-activities"]
             module.clean_invalid_documents([(BENCH_HASH, "bench", index)])
             result = {"activities": activities, "output_bytes": sum(FakeBlobService.written)}
+        elif stage == "index-docs":
+            module.process_hash_list([(BENCH_HASH, "bench", None)])
+            result = {"activities": activities, "requests": SolrRecorder.requests,
+                      "request_bytes": SolrRecorder.request_bytes}
         else:
             _require(module, "process_hash_list")
             module.process_hash_list([(BENCH_HASH, dt.datetime(2000, 1, 1), "bench")])
@@ -501,7 +614,9 @@ def run_reference_stage(stage: str, src: Path, path: str, activities: int) -> di
         result["user_seconds"] = end_times.user - start_times.user
         result["system_seconds"] = end_times.system - start_times.system
         errors = database.errors()
-        if errors or (stage != "flatten" and not FakeBlobService.written):
+        if stage == "index-docs" and not SolrRecorder.requests:
+            errors.append("no Solr request was made")
+        if errors or (stage not in ("flatten", "index-docs") and not FakeBlobService.written):
             raise ReferenceRunError(f"the reference's {stage} reported a failure: {errors or 'nothing was written'}")
     result["peak_rss_mb"] = peak_rss_mb()
     result["stubbed_modules"] = stubbed

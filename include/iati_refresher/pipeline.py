@@ -591,6 +591,8 @@ def _require_backends(stage: str, settings: Settings) -> None:
 # Solr documents must not stay searchable as if they were the dataset's current content.
 EXCLUDES_FROM_DATASTORE = {
     ("validate", "too_large"),
+    ("validate", "doctype_refused"),
+    ("clean", "meta_conflict"),
     ("clean", "no_valid_activities"),
     ("clean", "not_iati"),
     ("clean", "version_1x"),

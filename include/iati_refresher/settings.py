@@ -104,6 +104,9 @@ class Settings:
 
     # --- validation and the publisher safety check ---------------------------------------
     validator_timeout_s: float = 3600.0
+    # Files above this are never validated, by the API or the built-in validator (skipped
+    # ``too_large``): the IATI Validator API's MAX_FILESIZE is 60 MiB, the download cap is larger.
+    validator_max_bytes: int = 60 * 1024 * 1024
     safety_check_threshold: int = 100
     safety_check_period_s: int = 7200
     unflag_queue_name: str = ""  # Azure storage queue read for unflag requests ("" = off)

@@ -41,7 +41,8 @@ PAGE_SIZE = 1000  # rows per cursor page
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MESSAGE_LIMIT = 500
 
-# The bytes pysolr stripped before sending (XML 1.0 forbids them; Solr rejects them).
+# Characters XML 1.0 forbids: only the recovering parser lets them through (lxml 6 keeps
+# ``&#1;``, the reference's lxml 4.9 dropped it), so stripping them keeps Solr's content equal.
 _CONTROL = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ESCAPED_CONTROL = re.compile(r"\\u00(?:0[0-8bcef]|1[0-9a-f])|\\[bf]")
@@ -81,7 +82,7 @@ def field_query(field: str, value: str) -> str:
 
 
 def clean_value(value: Any) -> Any:
-    """Strip the control characters pysolr stripped and replace lone surrogates.
+    """Strip the control characters XML 1.0 forbids and replace lone surrogates.
 
     Lone surrogates (from ``\\ud800``-style escapes in JSON input) cannot be encoded as UTF-8;
     they become U+FFFD rather than failing the whole request.

@@ -188,8 +188,9 @@ def _stream(path: str | os.PathLike[str]) -> Iterator[tuple[Iterator[bytes], int
 class BuiltinValidatorClient:
     """The built-in XSD validator behind the :class:`ValidatorClient` interface (no HTTP)."""
 
-    def __init__(self, schemas_dir: str | None = None):
+    def __init__(self, schemas_dir: str | None = None, max_bytes: int = 60 * 1024 * 1024):
         self.schemas_dir = schemas_dir
+        self.max_bytes = max_bytes
 
     def __repr__(self) -> str:
         return f"BuiltinValidatorClient(schemas_dir={self.schemas_dir!r})"
@@ -201,8 +202,11 @@ class BuiltinValidatorClient:
         return ValidatorResponse(status, body, None)
 
     def validate(self, path: str | os.PathLike[str], meta: bool) -> ValidatorResponse:
-        from iati_refresher.validation.builtin import validate_file
+        from iati_refresher.validation.builtin import too_large_answer, validate_file
 
+        size = os.path.getsize(path)
+        if size > self.max_bytes:  # the API's full validation refuses these with 413, so does this
+            return ValidatorResponse(*too_large_answer(size, self.max_bytes), None)
         status, body = validate_file(path, meta=meta, schemas_dir=self.schemas_dir)
         return ValidatorResponse(status, body, None)
 
@@ -244,10 +248,10 @@ def validator_for(settings: Settings) -> ValidatorClient | BuiltinValidatorClien
     built-in validator only in an embedded run, else :class:`ConnectionMissing`.
     """
     if settings.validator_backend == "builtin":
-        return BuiltinValidatorClient(settings.schemas_dir)
+        return BuiltinValidatorClient(settings.schemas_dir, settings.validator_max_bytes)
     conn = get_connection(VALIDATOR)
     if conn is None or not conn.host:
         if settings.embedded:
-            return BuiltinValidatorClient(settings.schemas_dir)
+            return BuiltinValidatorClient(settings.schemas_dir, settings.validator_max_bytes)
         raise ConnectionMissing(VALIDATOR, "the IATI Validator API; or set REFRESHER_VALIDATOR_BACKEND=builtin")
     return client_from_connection(conn, settings)

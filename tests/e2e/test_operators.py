@@ -65,6 +65,7 @@ def test_the_validator_operator_validates_a_url_a_blob_and_a_file(airflow_metada
     AzureBlobStore(azurite.connection_string).ensure_containers([container])
     AzureBlobStore(azurite.connection_string).put_bytes(container, "upload.xml", valid)
     (tmp_path / "local.xml").write_bytes(b"<not-iati/>")
+    (tmp_path / "entities.xml").write_bytes(b'<!DOCTYPE x [<!ENTITY a "b">]><iati-activities version="2.03"/>')
     with ValidatorStandin(key="op-key-5Tw") as validator, SampleRegistryServer("127.0.0.1", 0) as registry:
         monkeypatch.setenv("REFRESHER_ALLOW_PRIVATE_ADDRESSES", "true")
         monkeypatch.setenv("AIRFLOW_CONN_MY_VALIDATOR", json.dumps({
@@ -82,6 +83,8 @@ def test_the_validator_operator_validates_a_url_a_blob_and_a_file(airflow_metada
                                   validator_conn_id="my_validator", meta=False)
             IatiValidatorOperator(task_id="unreachable_url", source="http://127.0.0.1:9/none.xml",
                                   validator_conn_id="my_validator", fail_on_fetch_error=False)
+            IatiValidatorOperator(task_id="doctype", source=str(tmp_path / "entities.xml"), source_type="file",
+                                  validator_conn_id="my_validator")
         run, results = run_inline(dag)
     assert str(run.state).endswith("success")
     for task in ("by_url", "by_blob"):
@@ -89,6 +92,7 @@ def test_the_validator_operator_validates_a_url_a_blob_and_a_file(airflow_metada
         assert results[task]["report"]["iati-activities"], "meta: the per-activity list"
     assert results["by_file"]["status"] == 422 and results["by_file"]["valid"] is False
     assert results["unreachable_url"]["report"] is None and "download_error" in results["unreachable_url"]["error"]
+    assert results["doctype"]["report"] is None and results["doctype"]["error"].startswith("doctype_refused")
     assert len(validator.requests) == 3 and all(r.key_ok for r in validator.requests)
 
 

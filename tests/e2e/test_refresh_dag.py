@@ -128,10 +128,11 @@ def test_first_load_then_changes_then_a_broken_index(world: World, run_dag) -> N
     meta = mixed_report["report"]["iati-activities"]
     assert [m["valid"] for m in meta] == [True, False, True]
 
+    # an HTML error page (<!DOCTYPE html>) is never sent to the Validator: a reason, no report
     html = world.doc("d-html")
-    html_report = world.rows("SELECT * FROM validation WHERE id = %s", html["validation"])[0]
-    assert not html_report["valid"] and html["validation_api_error"] in (400, 422)
-    assert world.stage("d-html", "clean")["code"] == "not_iati"
+    assert html["validation"] is None and html["file_schema_valid"] is None
+    assert world.stage("d-html", "validate")["code"] == "doctype_refused"
+    assert "DOCTYPE" in world.stage("d-html", "validate")["message"]
 
     big = world.doc("d-big")
     assert big["validation"] is None and big["validation_api_error"] == 413

@@ -84,6 +84,36 @@ CLEAN = """
             service.get_blob_client(container="clean", blob=file_hash + ".xml").upload_blob(etree.tostring(out))
             db.completeClean(conn, doc_id)
 """
+SOLRIZE = """
+    import pysolr
+    from azure.storage.blob import BlobServiceClient
+    import library.db as db
+    from constants.config import config
+
+    def process_hash_list(documents):
+        conn = db.getDirectConnection()
+        for file_hash, doc_id, _error in documents:
+            (activities,) = db.getFlattenedActivitiesForDoc(conn, doc_id)
+            service = BlobServiceClient.from_connection_string(config["STORAGE"])
+            solr = pysolr.Solr("http://solr.invalid/activity_solrize/")
+            for activity in activities:
+                blob = service.get_blob_client(container="lake", blob=f"{doc_id}/{activity['iati_identifier']}.xml")
+                solr.add([{**activity, "iati_xml": blob.download_blob().content_as_text()}])
+"""
+# pysolr's shape, as far as the harness needs it: add() posts through get_session()
+PYSOLR = """
+    import json
+
+    class Solr:
+        def __init__(self, url, **kwargs):
+            self.url, self.session = url, None
+
+        def get_session(self):
+            raise AssertionError("the harness answers Solr itself")
+
+        def add(self, docs):
+            self.get_session().post(self.url + "update", data=json.dumps(docs).encode("utf-8"))
+"""
 DB = """
     def getDirectConnection():
         raise RuntimeError("the harness must replace the database")
@@ -109,8 +139,8 @@ stages = _load_stages()
 def write_checkout(root: Path, **overrides: str) -> Path:
     """A fake reference checkout; ``overrides`` (``library__flatten=...``) replace module sources."""
     sources = {"library/__init__.py": "", "library/flatten.py": FLATTEN, "library/lakify.py": LAKIFY,
-               "library/clean.py": CLEAN, "library/db.py": DB, "constants/__init__.py": "",
-               "constants/config.py": CONFIG}
+               "library/clean.py": CLEAN, "library/solrize.py": SOLRIZE, "library/db.py": DB,
+               "pysolr.py": PYSOLR, "constants/__init__.py": "", "constants/config.py": CONFIG}
     for name, text in overrides.items():
         sources[name.replace("__", "/") + ".py"] = text
     for name, text in sources.items():
@@ -126,7 +156,8 @@ def forget_reference_modules() -> Iterator[None]:
     path_before = list(sys.path)
     yield
     sys.path[:] = path_before
-    for name in [m for m in sys.modules if m.split(".")[0] in ("library", "constants", "reference_only_metrics_client")]:
+    own = ("library", "constants", "pysolr", "reference_only_metrics_client")
+    for name in [m for m in sys.modules if m.split(".")[0] in own]:
         del sys.modules[name]
 
 
@@ -185,8 +216,10 @@ def test_clean_keeps_every_other_activity(tmp_path: Path, source: Path) -> None:
 
 def test_a_failure_the_reference_records_in_its_database_is_reported(tmp_path: Path, source: Path) -> None:
     src = stages.reference_src(write_checkout(tmp_path / "ref"))
+    empty = tmp_path / "no-activities.xml"
+    empty.write_bytes(b'<iati-activities version="2.03"/>')
     with pytest.raises(stages.ReferenceRunError, match="updateCleanError"):
-        stages.run_reference_stage("clean", src, str(source), 0)  # a report with no valid activity
+        stages.run_reference_stage("clean", src, str(empty), 0)  # a report with no valid activity
 
 
 def test_a_different_layout_names_what_is_missing(tmp_path: Path, source: Path) -> None:
@@ -240,3 +273,17 @@ def test_serialising_solr_counts_what_would_be_sent() -> None:
     assert solr.documents == 2
     assert solr.request_bytes == len(json.dumps([{"id": "a", "title": "\u00e9t\u00e9"}, {"id": "b"}],
                                                 ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def test_index_runs_the_reference_solrize_on_input_from_its_own_flatten_and_lakify(tmp_path: Path,
+                                                                                  source: Path) -> None:
+    root = write_checkout(tmp_path / "refresher")
+    result = stages.run_reference_stage("index-docs", stages.reference_src(root), str(source), 3)
+    assert result["requests"] == 3  # one add per activity, each answered by the recorder
+    assert result["request_bytes"] > len(b"<iati-activity>") * 3  # the lake XML went into the bodies
+
+
+def test_flatten_output_comes_back_in_jsonb_key_order() -> None:
+    database = stages.RecordingDatabase('[{"bb": 1, "a": 2, "\u00e9": 3}]')
+    (activities,) = database.getFlattenedActivitiesForDoc(None, "d")
+    assert list(activities[0]) == ["a", "bb", "\u00e9"]

@@ -139,7 +139,8 @@ def test_invalid_file_in_another_encoding_is_written_as_utf8(tmp_path, label, en
         text = text.replace("“x”", "x")
     source = tmp_path / "source.xml"
     source.write_bytes(encode(text))
-    meta = report(False, **{"iati-activities": [{"valid": False, "index": 0}, {"valid": True, "index": 1}]})
+    meta = report(False, **{"iati-activities": [{"identifier": "A", "valid": False, "index": 0},
+                                                {"identifier": "B", "valid": True, "index": 1}]})
     clean_file(source, meta, tmp_path / "out.xml")
     root = etree.parse(str(tmp_path / "out.xml")).getroot()
     assert [a.findtext("iati-identifier") for a in root] == ["B"]
@@ -147,12 +148,12 @@ def test_invalid_file_in_another_encoding_is_written_as_utf8(tmp_path, label, en
     assert root.find("iati-activity/title/narrative").text == expected
 
 
-def test_valid_indexes_beyond_the_file_leave_nothing(tmp_path):
+def test_meta_that_does_not_describe_the_file_keeps_nothing(tmp_path):
     out = tmp_path / "out.xml"
-    meta = report(False, **{"iati-activities": [{"valid": True, "index": 9}]})
+    meta = report(False, **{"iati-activities": [{"identifier": "X", "valid": True, "index": 9}]})
     with pytest.raises(CleanSkipped) as skipped:
         clean_file(FIXTURES / "invalid.xml", meta, out)
-    assert skipped.value.code == "no_valid_activities"
+    assert skipped.value.code == "meta_conflict"
     assert not out.exists()
 
 

@@ -231,7 +231,16 @@ def test_builtin_client_answers_like_the_api() -> None:
     full = builtin.validate(MIXED, meta=True)
     assert full.status == 422
     assert full.body is not None
-    assert [a["valid"] for a in full.body["iati-activities"]] == [True, False, True, False]
+    # its root attribute is invalid, which fails every activity (as the API wraps each in the root)
+    assert [a["valid"] for a in full.body["iati-activities"]] == [False, False, False, False]
+
+
+def test_builtin_client_refuses_a_file_above_its_limit_like_the_api(tmp_path: Path) -> None:
+    big = tmp_path / "big.xml"
+    big.write_bytes(VALID.read_bytes() + b" " * 2048)
+    answer = BuiltinValidatorClient(max_bytes=1024).validate(big, meta=False)
+    assert (answer.status, "valid" in (answer.body or {})) == (413, False)
+    assert "Max Filesize" in answer.body["error"]
 
 
 def test_airflow_hook_builds_the_client_from_its_connection(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,9 @@ class IatiValidatorOperator(BaseOperator):
     The result: ``{"status": <HTTP status or None>, "report": <the report or None>,
     "error": <what went wrong, or None>, "valid": <bool or None>}``.  The Validator's report
     statuses (200 valid, 422 schema errors, 400 not XML, 413 too large) are results, not
-    failures; a Validator that cannot be reached fails the task (Airflow retries it).
+    failures; a Validator that cannot be reached fails the task (Airflow retries it).  As in
+    the pipeline, a file with a DOCTYPE or entities, or above ``REFRESHER_VALIDATOR_MAX_BYTES``,
+    is not sent: its result has no report and ``error`` says why.
 
     :param source: the URL, blob name or local path (templated).
     :param source_type: ``url`` (downloaded with the pipeline's safe downloader: size cap,
@@ -48,6 +50,7 @@ class IatiValidatorOperator(BaseOperator):
         from iati_refresher.operators._connections import as_roles
         from iati_refresher.settings import get_settings
         from iati_refresher.stages.download import fetch_to_file
+        from iati_refresher.stages.validate import not_sent_reason
         from iati_refresher.storage import blob_store
 
         if self.source_type not in ("url", "blob", "file"):
@@ -68,6 +71,11 @@ class IatiValidatorOperator(BaseOperator):
                     store.get_to_file(self.container or settings.adhoc_container, self.source, path)
             else:
                 path = Path(self.source)
+            refused = not_sent_reason(path, settings)
+            if refused is not None:  # the pipeline's rule: DOCTYPEs and oversize files are never sent
+                self.log.warning("not validated: %s %s: %s", self.source_type, self.source, refused.message)
+                return {"status": refused.api_error, "report": None, "error": f"{refused.code}: {refused.message}",
+                        "valid": None}
             with validator_for(settings) as validator:
                 response = validator.validate(path, meta=self.meta)
         report = response.body if response.body is not None and "valid" in response.body else None

@@ -6,7 +6,13 @@ Rules (reference facts §2.6, §8 item 6):
 * a schema-valid file is copied byte for byte;
 * a schema-invalid file keeps exactly the activities whose 0-based position the
   Validator's meta list (``report["iati-activities"]``) marks ``valid: true``, in document
-  order, under a new ``iati-activities`` root carrying all the original root attributes
+  order, provided the meta entry at that position names the same activity: the Validator
+  splits files by text, so a commented-out ``<iati-activity>`` gets a meta entry and shifts
+  every index after it.  Each entry's identifier is checked against the activity's (the
+  Validator writes ``X(2)`` for a second ``X`` and ``noIdentifier`` for none), and so is the
+  number of entries; on any disagreement nothing is kept (skipped ``meta_conflict``, with the
+  first disagreement in the message) rather than a guess at which activities were valid.
+  The kept activities go under a new ``iati-activities`` root carrying all the original root attributes
   and namespace declarations.  Comments, processing instructions and text between
   activities are dropped.  The result is UTF-8 with an XML declaration saying so (the
   reference wrote no declaration; both mean UTF-8, the declaration makes it explicit).
@@ -28,6 +34,7 @@ from typing import Any, Literal, NamedTuple, TextIO
 from lxml import etree
 
 from iati_refresher.iati.encoding import sniff_encoding, utf8_view
+from iati_refresher.iati.identifiers import identifier_of, normalise_identifier
 from iati_refresher.iati.xml import (
     IATI_ACTIVITIES,
     IATI_ACTIVITY,
@@ -45,6 +52,7 @@ from iati_refresher.stages.flatten import describe_input_error
 from iati_refresher.storage import BlobNotFound, BlobStorageError, BlobStore
 
 NO_VALID_ACTIVITIES = "No valid activities"  # what the reference stored in clean_error
+NO_IDENTIFIER = "noIdentifier"  # the Validator's meta name for an activity without identifier
 XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
@@ -109,6 +117,52 @@ def decide_clean(report: dict[str, Any] | None) -> CleanDecision:
     return CleanDecision("reduce")
 
 
+class ActivityMeta:
+    """The Validator's per-activity meta, checked against the file's activities in order."""
+
+    def __init__(self, report: dict[str, Any]):
+        self.entries: dict[int, dict[str, Any]] = {}
+        self.count = 0
+        for entry in report.get(IATI_ACTIVITIES) or []:
+            if not isinstance(entry, dict):
+                continue
+            index = entry.get("index")
+            if isinstance(index, int) and not isinstance(index, bool):
+                self.entries[index] = entry
+                self.count += 1
+        self.seen: dict[str, int] = {}
+
+    def keep(self, position: int, activity: Any) -> bool:
+        """Whether the activity at ``position`` is valid; :class:`CleanSkipped` on a conflict."""
+        identifier = identifier_of(activity)
+        occurrence = self.seen[identifier] = self.seen.get(identifier, 0) + 1
+        expected = identifier or NO_IDENTIFIER
+        if occurrence > 1:
+            expected = f"{expected}({occurrence})"
+        entry = self.entries.get(position)
+        if entry is None:
+            self._conflict(f"there is no meta entry for activity {position} ({expected!r})")
+        named = entry.get("identifier")
+        named = normalise_identifier(named) if isinstance(named, str) else None
+        if named != expected:
+            self._conflict(
+                f"meta entry {position} names {named!r} where the file's activity {position} is {expected!r}"
+            )
+        return entry.get("valid") is True
+
+    def finish(self, activities: int) -> None:
+        if self.count != activities:
+            self._conflict(f"the meta lists {self.count} activities, the file has {activities}")
+
+    def _conflict(self, detail: str) -> None:
+        raise CleanSkipped(
+            "meta_conflict",
+            f"The Validator's per-activity results do not match the file's activities: {detail}. "
+            "Nothing was kept rather than a guess at which activities are valid "
+            "(a commented-out <iati-activity> in the file is one way this happens).",
+        )
+
+
 def valid_activity_indexes(report: dict[str, Any]) -> set[int]:
     """0-based positions of the activities the Validator's meta list marks ``valid: true``."""
     indexes: set[int] = set()
@@ -145,7 +199,7 @@ def clean_file(
     assert report is not None  # decide_clean skips a missing report
     try:
         with utf8_view(src_path, info) as view:
-            total, kept = _reduce(view, valid_activity_indexes(report), dst_path)
+            total, kept = _reduce(view, ActivityMeta(report), dst_path)
     except BaseException:
         _remove(dst_path)
         raise
@@ -160,7 +214,7 @@ def _remove(path: str | os.PathLike[str]) -> None:
         os.unlink(path)
 
 
-def _reduce(path: str, keep: set[int], dst_path: str | os.PathLike[str]) -> tuple[int, int]:
+def _reduce(path: str, meta: ActivityMeta, dst_path: str | os.PathLike[str]) -> tuple[int, int]:
     """Stream ``path`` and write the kept activities; returns (activities seen, kept)."""
     # No recovery: a file that is not well-formed is refused, as in the reference.
     events = iter(safe_iterparse(path, events=("start", "end"), tag=(IATI_ACTIVITIES, IATI_ACTIVITY)))
@@ -179,11 +233,12 @@ def _reduce(path: str, keep: set[int], dst_path: str | os.PathLike[str]) -> tupl
         ):
             xf.write("\n")
             for element in iter_root_activities(events, root):
-                if total in keep:
+                if meta.keep(total, element):
                     xf.write(element, with_tail=False)
                     xf.write("\n")
                     kept += 1
                 total += 1
+    meta.finish(total)
     return total, kept
 
 
@@ -192,7 +247,7 @@ def clean_document(doc: dict[str, Any], report: dict[str, Any] | None, blobs: Bl
 
     :return: ``ok`` with ``mode``, ``activities_total`` and ``activities_kept``;
         ``skipped`` (``organisation_file``, ``version_1x``, ``no_valid_activities``,
-        ``not_iati``, ``doctype_refused``); ``failed`` (``source_missing`` and
+        ``not_iati``, ``doctype_refused``, ``meta_conflict``); ``failed`` (``source_missing`` and
         ``parse_error``: not retryable; ``storage_error``: retryable).
     """
     doc_id, hash_ = str(doc["id"]), str(doc["hash"])

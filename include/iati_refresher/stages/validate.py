@@ -9,6 +9,14 @@ For one downloaded document (reference §2.5):
 3. otherwise run full validation, asking for per-activity meta only for schema-invalid
    files (the clean stage needs it to keep the valid activities).
 
+Before anything is sent, two rules apply whichever validator is configured (so the API and
+the built-in validator reach the same state):
+
+* a file whose prolog declares a DOCTYPE or entities is skipped ``doctype_refused``, once,
+  with the reason: the real Validator answers 500 to entity expansion, 422 to external
+  entities and accepts a harmless DOCTYPE that clean would refuse anyway;
+* a file above ``settings.validator_max_bytes`` (the API's 60 MiB) is skipped ``too_large``.
+
 How the Validator's answers are judged:
 
 * 200, and 400/413/422 carrying a report (a body with ``valid``): the report is kept;
@@ -26,9 +34,13 @@ How the Validator's answers are judged:
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from iati_refresher.iati.encoding import sniff_encoding
+from iati_refresher.iati.xml import XmlRefused, check_prolog
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
 from iati_refresher.validator_client import ValidatorResponse
@@ -59,6 +71,9 @@ def validate_document(
         ``skipped`` (``too_large``, ``rejected``) or ``failed``.
     """
     document_id = doc["id"]
+    refused = _not_sent(document_id, source_path, settings)
+    if refused is not None:
+        return refused
     schema_valid = doc.get("file_schema_valid")
     new_schema_result: bool | None = None
 
@@ -95,6 +110,41 @@ def validate_document(
                 **data, report=None, api_error=answer.status,
             )
     return _judge_failure(document_id, answer, phase="full", schema_valid=new_schema_result)
+
+
+class NotSent(NamedTuple):
+    """Why a file is not sent to any validator: the outcome code, the reason, the status to record."""
+
+    code: str
+    message: str
+    api_error: int | None
+
+
+def not_sent_reason(path: str | os.PathLike[str], settings: Settings) -> NotSent | None:
+    """Why no validator (API or built-in) is asked about the file at ``path``, or None."""
+    size = os.path.getsize(path)
+    if size > settings.validator_max_bytes:
+        mib = 1024 * 1024
+        return NotSent(
+            "too_large",
+            f"the file is {size / mib:.1f} MiB, above the validation limit of "
+            f"{settings.validator_max_bytes / mib:g} MiB (REFRESHER_VALIDATOR_MAX_BYTES); "
+            "not validated until the document changes",
+            413,
+        )
+    try:
+        check_prolog(path, sniff_encoding(path).encoding)
+    except XmlRefused as exc:
+        return NotSent(exc.code, f"not sent to the Validator: {exc}", None)
+    return None
+
+
+def _not_sent(document_id: str, source_path: str, settings: Settings) -> Outcome | None:
+    reason = not_sent_reason(source_path, settings)
+    if reason is None:
+        return None
+    return Outcome.skipped(document_id, reason.code, reason.message, schema_valid=None, report=None,
+                           phase="schema", http_status=None, api_error=reason.api_error)
 
 
 def _waiting(doc: dict[str, Any], new_schema_result: bool | None, settings: Settings, now: datetime) -> Outcome | None:
@@ -166,9 +216,20 @@ def _describe(report: dict[str, Any], status: int, meta: bool) -> str:
 
 
 def _error_text(answer: ValidatorResponse) -> str:
-    if answer.body and "error" in answer.body:
-        return str(answer.body["error"])[:300]
-    return (answer.error or "no details")[:300]
+    """What the Validator said: its ``feedback`` and its ``error`` (a 500 carries both,
+    ``error`` often an empty object), else the transport's error."""
+    body = answer.body if isinstance(answer.body, dict) else {}
+    parts = []
+    for key in ("feedback", "error", "message"):
+        value = body.get(key)
+        if value in (None, "", {}, []):
+            continue
+        parts.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    if parts:
+        return " — ".join(parts)[:500]
+    if body:
+        return json.dumps(body, ensure_ascii=False)[:500]
+    return (answer.error or "no details")[:500]
 
 
 def _naive_utc(moment: datetime) -> datetime:

@@ -43,6 +43,17 @@ NO_IDENTIFIER = "noIdentifier"
 # A pathological activity can repeat one schema error thousands of times; the report keeps
 # the first occurrences of each message (the counts in ``summary`` are per message, as the API's).
 MAX_CONTEXTS_PER_ERROR = 500
+# Every report says what it did not check, where validator-web shows it (a file-level
+# advisory) and for programs (``validationScope``): rulesets and codelists are the real
+# Validator's, and a report without their errors must not read as "no rule errors".
+VALIDATION_SCOPE = "schema-only"
+SCHEMA_ONLY_NOTICE = {
+    "id": "schema-only",
+    "severity": "advisory",
+    "message": "Only the IATI XML schema was checked (the refresher's built-in validator). "
+               "Rulesets and codelists were not checked: their errors and warnings are not in this report.",
+    "context": [{"text": ""}],
+}
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,8 @@ class _Report:
         self.groups: dict[str, dict[str, Any]] = {}
         self.meta: list[dict[str, Any]] | None = None
         self.schema_errors = 0
+        # set once the schema was applied: where the real Validator would also run its rules
+        self.schema_checked = False
 
     def add(self, identifier: str, title: str, category: str, error: dict[str, Any]) -> None:
         group = self.groups.setdefault(identifier, {"identifier": identifier, "title": title, "errors": {}})
@@ -189,6 +202,12 @@ class _Report:
     def to_dict(self) -> dict[str, Any]:
         summary = {"critical": 0, "error": 0, "warning": 0, "advisory": 0}
         errors = []
+        if self.schema_checked:
+            file_group = self.groups.setdefault(
+                FILE_IDENTIFIER, {"identifier": FILE_IDENTIFIER, "title": FILE_TITLE, "errors": {}})
+            notices = file_group["errors"].setdefault("information", [])
+            if SCHEMA_ONLY_NOTICE not in notices:
+                notices.append(dict(SCHEMA_ONLY_NOTICE))
         for group in self.groups.values():
             categories = []
             for category, entries in group["errors"].items():
@@ -204,6 +223,7 @@ class _Report:
             "codelistCommitSha": "",
             "orgIdPrefixFileName": "",
             "apiVersion": API_VERSION,
+            **({"validationScope": VALIDATION_SCOPE} if self.schema_checked else {}),
             "summary": summary,
         }
         if self.meta is not None and self.file_type:
@@ -247,20 +267,27 @@ def validate_file(
     :param schema_only: answer like the schema-validate endpoint: ``(200, {"valid": bool})``.
     :param schemas_dir: where the XSDs are (default ``settings.schemas_dir``).
     :return: ``(http_status, report)`` as the Validator API would: 200 valid, 422 schema errors,
-        not IATI or unsupported version, 400 unparseable.
+        not IATI or unsupported version, 400 unparseable; 400 ``{"error": "No body"}`` (no
+        report) for an empty file.
     :raises SchemasMissing: the XSD files are not installed (an installation problem, not the file's).
     """
+    if os.path.getsize(path) == 0:
+        return 400, {"error": "No body"}  # both API endpoints answer an empty body so, without a report
     status, report = _validate(Path(path), meta=meta, schema_only=schema_only, schemas_dir=schemas_dir)
     if schema_only:
         return 200, {"valid": bool(report.get("valid"))}
     return status, report
 
 
+def too_large_answer(size: int, max_bytes: int) -> tuple[int, dict[str, Any]]:
+    """The API's answer to a file above its size limit (413, no report)."""
+    mib = 1024 * 1024
+    return 413, {"error": f"Max Filesize of {max_bytes / mib:g} MiB exceeded. File supplied is {size / mib:.4f} MiB"}
+
+
 def _validate(
     path: Path, *, meta: bool, schema_only: bool, schemas_dir: str | os.PathLike[str] | None
 ) -> tuple[int, dict[str, Any]]:
-    if path.stat().st_size == 0:
-        return _parse_failure("Document is empty")
     info = sniff_encoding(path)
     if info.encoding is None:
         return _parse_failure(f"The file is not readable text: {info.reason}")
@@ -295,6 +322,11 @@ class _StreamValidation:
         self.duplicates: list[str] = []
         self.foreign_seen = False
         self.reported: set[str] = set()
+        # The API validates each activity wrapped in the root's start tag and preceded by
+        # what stood between it and the previous activity: a bad root attribute fails every
+        # activity, stray text or an element there fails the activity that follows.
+        self.root_attributes_invalid = False
+        self.spacer_invalid = False
 
     def execute(self) -> tuple[int, dict[str, Any]]:
         for depth, event, element in self._events():
@@ -371,6 +403,7 @@ class _StreamValidation:
         if self.meta:
             self.report.meta = []
         self.schema = load_schema(kind.root, version, self.schemas_dir)
+        self.report.schema_checked = True
         self._check_root_attributes(kind, self.schema, root)
 
     def _check_root_attributes(self, kind: FileKind, schema: etree.XMLSchema, root: etree._Element) -> None:
@@ -382,6 +415,7 @@ class _StreamValidation:
         missing_children = f"Element '{kind.root}': Missing child element(s)."
         log = [e for e in schema.error_log if not e.message.startswith(missing_children)]
         if log:
+            self.root_attributes_invalid = True
             self._schema_errors(FILE_IDENTIFIER, FILE_TITLE, log)
 
     def _end_root(self, root: etree._Element) -> None:
@@ -424,6 +458,7 @@ class _StreamValidation:
         tag = node.tag
         if not isinstance(tag, str) or tag == kind.child:
             return  # comments, processing instructions and children are fine here
+        self.spacer_invalid = True
         if tag.startswith("{") and self.index > 0:
             self.foreign_seen = True  # elements of other namespaces may follow the children
             return
@@ -437,6 +472,7 @@ class _StreamValidation:
 
     def _check_text(self, kind: FileKind, root: etree._Element, text: str) -> None:
         if text.strip():
+            self.spacer_invalid = True
             self._structure_error(
                 "text", root.sourceline,
                 f"Element '{kind.root}': Character content other than whitespace is not allowed "
@@ -467,6 +503,9 @@ class _StreamValidation:
         valid = bool(schema.validate(element))
         if not valid:
             self._schema_errors(identifier, title, schema.error_log)
+        # what precedes it (see __init__) decides too; the errors themselves are file-level
+        valid = valid and not self.root_attributes_invalid and not self.spacer_invalid
+        self.spacer_invalid = False
         if self.report.meta is not None:
             self.report.meta.append({"identifier": identifier, "valid": valid, "index": self.index})
         self.index += 1

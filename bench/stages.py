@@ -36,11 +36,16 @@ bottleneck.
 
 ``--reference CHECKOUT`` runs the reference refresher's own code from a checkout of
 IATI/refresher given by you (``CHECKOUT/src/library/{flatten,lakify,clean}.py``), on the
-same files, each in a fresh subprocess, and prints the ratios ours/reference:
+same files, each in a fresh subprocess, and prints the ratios ours/reference and each
+side's share of the bare iterparse of the same run:
 
 * ``flatten``: ``library.flatten.Flattener().process(path)``;
 * ``clean``: ``library.clean.clean_invalid_documents`` (same every-other-activity report);
 * ``lakify`` / ``lakify-shm``: ``library.lakify.process_hash_list``;
+* ``index-docs``: ``library.solrize.process_hash_list`` with pysolr's own document building and
+  serialisation of every update request, Solr answered by a recorder (no network on either
+  side); its inputs (the reference's flatten output as ``jsonb`` gives it back, and its
+  lakify's blobs) are prepared untimed;
 
 with their database calls answered by an inert stand-in and their Azure blob client
 replaced by one that reads and writes local files (the same directories ours uses).
@@ -49,7 +54,8 @@ replaced by inert modules when missing; use ``--reference-python`` to run the re
 with its own virtualenv instead, and ``--reference-env`` to load its environment variables
 (``KEY=VALUE`` lines).  When the layout differs from what this harness expects, it says
 which file or name is missing.  Without ``--reference`` the reference's figures measured on
-this machine by the issue author are used (flatten and lakify only).
+no reference figures are shown: a ratio is only ever computed between two measurements of
+the same run (this machine's speed moves 2-3x between days).
 """
 
 from __future__ import annotations
@@ -72,8 +78,6 @@ from pathlib import Path
 from typing import Any
 
 # The reference's measured throughput on the 40 MB derived file (same machine).
-REFERENCE_MB_S = {"flatten": 3.1, "lakify": 3.5}
-REFERENCE_RSS_MB = {"flatten": 550, "lakify": 476}
 STAGES = ("iterparse", "download", "validate", "clean", "flatten", "lakify", "lakify-shm", "lake-iter",
           "index-docs", "index")
 # Our stage → the reference stage it is compared with (run by the reference harness).
@@ -751,11 +755,8 @@ def bench_file(path: Path, repeat: int, stages: list[str], reference: dict[str, 
             mb_s = size_mb / r["seconds"]
             act_s = activities / r["seconds"]
             share = baseline["seconds"] / r["seconds"]
-            if ref_row is not None:
-                ref_mb_s = size_mb / ref_row["seconds"]
-            else:
-                ref_mb_s = None if reference is not None else REFERENCE_MB_S.get(
-                    "lakify" if stage.startswith("lakify") else stage)
+            # Ratios only between figures of this run: the machine's speed moves between days.
+            ref_mb_s = size_mb / ref_row["seconds"] if ref_row is not None else None
             versus = f"{mb_s / ref_mb_s:.1f}x" if ref_mb_s else "-"
             print(
                 f"{stage:<12}{r['seconds']:>9.2f}{r['user_seconds']:>7.2f}{r['system_seconds']:>7.2f}{mb_s:>8.1f}"
@@ -765,7 +766,7 @@ def bench_file(path: Path, repeat: int, stages: list[str], reference: dict[str, 
                 print(
                     f"{'  reference':<12}{ref_row['seconds']:>9.2f}{ref_row['user_seconds']:>7.2f}"
                     f"{ref_row['system_seconds']:>7.2f}{ref_mb_s:>8.1f}{activities / ref_row['seconds']:>8.0f}"
-                    f"{ref_row['peak_rss_mb']:>8.0f} MB"
+                    f"{ref_row['peak_rss_mb']:>8.0f} MB{baseline['seconds'] / ref_row['seconds']:>13.2f}x"
                     + (f"   (stubbed: {', '.join(ref_row['stubbed_modules'])})" if ref_row["stubbed_modules"] else "")
                 )
             if r.get("solr_update_s_per_run"):
@@ -781,11 +782,27 @@ def bench_file(path: Path, repeat: int, stages: list[str], reference: dict[str, 
             server.close()
         if solr is not None:
             solr.stop()
-    if reference is None:
-        print(f"reference (40 MB file, measured by the issue author): flatten {REFERENCE_MB_S['flatten']} MB/s, "
-              f"{REFERENCE_RSS_MB['flatten']} MB RSS; lakify {REFERENCE_MB_S['lakify']} MB/s, "
-              f"{REFERENCE_RSS_MB['lakify']} MB RSS")
+    if reference is not None:
+        print_side_by_side(rows, baseline, size_mb)
     return rows
+
+
+def print_side_by_side(rows: list[dict[str, Any]], baseline: dict[str, Any], size_mb: float) -> None:
+    """The stages measured on both sides in this run: ours / reference, and each side's share of
+    the bare iterparse measured in the same run (a Markdown table, ready for BENCHMARKS.md)."""
+    iterparse_mb_s = size_mb / baseline["seconds"]
+    print(f"\nside by side, one run (bare lxml iterparse: {iterparse_mb_s:.1f} MB/s, {baseline['peak_rss_mb']:.0f} MB)")
+    print("| stage | this project | reference | ours / reference | share of iterparse (ours / reference) "
+          "| peak RSS (ours / reference) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        ref = row.get("reference")
+        if not ref:
+            continue
+        ours_mb_s, ref_mb_s = size_mb / row["seconds"], size_mb / ref["seconds"]
+        print(f"| {row['stage']} | {ours_mb_s:.1f} MB/s | {ref_mb_s:.1f} MB/s | **{ours_mb_s / ref_mb_s:.1f}x** "
+              f"| {ours_mb_s / iterparse_mb_s:.2f} / {ref_mb_s / iterparse_mb_s:.2f} "
+              f"| {row['peak_rss_mb']:.0f} / {ref['peak_rss_mb']:.0f} MB |")
 
 
 def _worker(argv: list[str]) -> int:

@@ -586,7 +586,7 @@ class SolrStandin:
                     if command == "add":
                         if mid_batch is not None and event.added >= mid_batch[0]:
                             break
-                        doc = schema.check(_to_dict(value))
+                        doc = schema.check(_doc_fields(value))
                         core[str(doc[schema.unique_key])] = doc
                         event.added += 1
                     elif command == "delete_id":
@@ -685,6 +685,22 @@ def _delete_commands(value: Any) -> list[tuple[str, Any]]:
 def _is_pairs(value: Any) -> bool:
     """A JSON object as produced by ``object_pairs_hook=lambda p: p`` (a list of 2-tuples)."""
     return isinstance(value, list) and bool(value) and all(isinstance(p, tuple) and len(p) == 2 for p in value)
+
+
+def _doc_fields(value: Any) -> Any:
+    """A document's fields as Solr reads a JSON object: a key given twice is two values of
+    that field (rejected later for a single-valued field such as ``id``)."""
+    if not _is_pairs(value):
+        return _to_dict(value)
+    fields: dict[str, Any] = {}
+    for key, item in value:
+        item = _to_dict(item)
+        if key not in fields:
+            fields[key] = item
+        else:
+            previous = fields[key] if isinstance(fields[key], list) else [fields[key]]
+            fields[key] = previous + (item if isinstance(item, list) else [item])
+    return fields
 
 
 def _to_dict(value: Any) -> Any:

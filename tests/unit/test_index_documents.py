@@ -11,6 +11,7 @@ from iati_refresher.iati.identifiers import identifier_hash
 from iati_refresher.stages.index import (
     activity_documents,
     activity_identifier,
+    doc_id,
     drop_empty,
     explode,
     jsonb_order,
@@ -219,3 +220,26 @@ def test_a_single_point_activity_explodes_with_the_ids_of_a_list_valued_latlon()
             "id": built.activity["id"]}
     expected = hashlib.sha1((json.dumps({**base, "transaction_value": "5"}) + "0").encode()).hexdigest()
     assert built.transaction[0]["id"] == expected
+
+
+@pytest.mark.parametrize("value", ["plain", "café", "water\x01 point", "emoji \U0001F600", ""])
+def test_serialised_exploded_documents_are_the_same_documents(value):
+    activity = {"iati_identifier": "A-1", "title_narrative": ["t", value], "description_narrative": value,
+                "@transaction": [{"transaction_value": "5", "transaction_note": value}, {}, {"iati_identifier": "x"}],
+                "@budget": [{"budget_value": value}]}
+    plain = activity_documents(activity, document_id="d", document_hash="h", occurrence=0)
+    fast = activity_documents(activity, document_id="d", document_hash="h", occurrence=0, serialised=True)
+    for role in ("transaction", "budget"):
+        def pairs_once(pairs):
+            keys = [k for k, _ in pairs]
+            assert len(keys) == len(set(keys)), f"a key given twice is two values for Solr: {keys}"
+            return dict(pairs)
+
+        sent = [json.loads(d, object_pairs_hook=pairs_once) if isinstance(d, str) else d for d in getattr(fast, role)]
+        assert sent == getattr(plain, role)
+        assert [doc_id(d) for d in getattr(fast, role)] == [d["id"] for d in getattr(plain, role)]
+    # the careful path is taken whenever something must be dropped or cleaned
+    if value in ("", "water\x01 point", "emoji \U0001F600"):
+        assert not any(isinstance(d, str) for d in fast.transaction[:1])
+    else:
+        assert isinstance(fast.transaction[0], str)

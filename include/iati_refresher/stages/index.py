@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 from iati_refresher.iati.identifiers import lake_name, normalise_identifier, solr_activity_id
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
-from iati_refresher.solr_client import ROLES, SolrClient, SolrError, field_query, quote
+from iati_refresher.solr_client import ROLES, JsonDoc, SolrClient, SolrError, field_query, needs_cleaning, quote
 from iati_refresher.storage import BlobNotFound, BlobStorageError, BlobStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,16 @@ ROLLBACK_CHUNK = 1000
 # ---------------------------------------------------------------------------------------
 
 
+def _jsonb_key(key: str) -> tuple[int, bytes]:
+    raw = key.encode("utf-8")
+    return len(raw), raw
+
+
+# Activities of one file share a few hundred key sets: their orders are computed once.
+_JSONB_ORDERS: dict[tuple[str, ...], list[str]] = {}
+_JSONB_ORDERS_MAX = 50_000
+
+
 def jsonb_order(value: Any) -> Any:
     """``value`` with every dict's keys in PostgreSQL ``jsonb`` order (recursively).
 
@@ -73,10 +83,15 @@ def jsonb_order(value: Any) -> Any:
     back, so that order is part of how it computed transaction and budget ids.
     """
     if isinstance(value, dict):
-        keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
-        return {k: jsonb_order(value[k]) for k in keys}
+        keys = tuple(value)
+        order = _JSONB_ORDERS.get(keys)
+        if order is None:
+            order = sorted(keys, key=_jsonb_key)
+            if len(_JSONB_ORDERS) < _JSONB_ORDERS_MAX:
+                _JSONB_ORDERS[keys] = order
+        return {k: v if type(v) is str else jsonb_order(v) for k in order for v in (value[k],)}
     if isinstance(value, list):
-        return [jsonb_order(v) for v in value]
+        return [v if type(v) is str else jsonb_order(v) for v in value]
     return value
 
 
@@ -140,22 +155,39 @@ def explode(activity_doc: Mapping[str, Any], element: str, items: Sequence[Mappi
     matters to that hash: it is the order of ``activity_doc`` then of the item, so callers
     pass both in the reference's order (see :func:`activity_documents`).
     """
+    return [doc for doc, _text in _exploded(activity_doc, element, items)]
+
+
+def _exploded(
+    activity_doc: Mapping[str, Any], element: str, items: Sequence[Mapping[str, Any]]
+) -> Iterator[tuple[dict[str, Any], str | None]]:
+    """(document, its JSON text to send, or None) per item, ids set.
+
+    The text is the one the id hashes, without the activity's ``id`` member and with the
+    document's own ``id`` last (Solr reads a key given twice as two values).
+    """
     prefix = f"{element}_"
     base = {k: v for k, v in activity_doc.items() if not k.startswith(prefix) and k not in LAKE_FIELDS}
-    # The base is most of every document's text: serialise it once.  ``json.dumps`` of
-    # ``{**base, **item}`` is the base's members, ", ", then the item's, as long as no key
+    # The base is most of every document's text: serialise and hash it once.  ``json.dumps``
+    # of ``{**base, **item}`` is the base's members, ", ", then the item's, as long as no key
     # is in both; otherwise the whole document is serialised as the reference did.
     base_members = json.dumps(base)[1:-1]
-    docs = []
+    base_hash = hashlib.sha1(("{" + base_members + ", ").encode("utf-8"))
+    # the activity's id is the base's last member (see activity_documents)
+    id_member = f'"id": {json.dumps(base["id"])}' if isinstance(base.get("id"), str) else None
+    sendable = id_member is not None and base_members.endswith(id_member) and next(reversed(base)) == "id"
+    body_base = base_members[: -len(id_member)] if sendable and id_member else ""
     for index, item in enumerate(items):
         doc = {**base, **item}
         if item and base and base.keys().isdisjoint(item):
-            text = "{" + base_members + ", " + json.dumps(item)[1:]
+            item_text = json.dumps(item)[1:]
+            digest = base_hash.copy()
+            digest.update((item_text + str(index)).encode("utf-8"))
+            doc["id"] = digest.hexdigest()
+            yield doc, ("{" + body_base + item_text[:-1] + f', "id": "{doc["id"]}"}}') if sendable else None
         else:
-            text = json.dumps(doc)
-        doc["id"] = hashlib.sha1((text + str(index)).encode("utf-8")).hexdigest()
-        docs.append(doc)
-    return docs
+            doc["id"] = hashlib.sha1((json.dumps(doc) + str(index)).encode("utf-8")).hexdigest()
+            yield doc, None
 
 
 class ActivityDocuments(NamedTuple):
@@ -190,6 +222,7 @@ def activity_documents(
     occurrence: int,
     iati_xml: str | None = None,
     iati_json: str | None = None,
+    serialised: bool = False,
 ) -> ActivityDocuments:
     """The activity, transaction and budget documents of one flattened activity.
 
@@ -207,6 +240,8 @@ def activity_documents(
     :param occurrence: how many earlier activities of the same document had this identifier.
     :param iati_xml: the lake XML (``None`` leaves the field out, e.g. to compute ids only).
     :param iati_json: the lake JSON.
+    :param serialised: give transaction and budget documents as :class:`JsonDoc` texts (the
+        same documents, serialised once per activity instead of once each) where that is safe.
     """
     doc: dict[str, Any] = jsonb_order(dict(activity))
     identifier = activity_identifier(activity)
@@ -220,7 +255,8 @@ def activity_documents(
             doc["location_point_latlon"] = latlon
     doc["id"] = solr_activity_id(document_id, identifier, occurrence)
     exploded = {
-        element: [drop_empty(d) for d in explode(doc, element, [i for i in items[element] if isinstance(i, dict)])]
+        element: [_payload(d, text, serialised)
+                  for d, text in _exploded(doc, element, [i for i in items[element] if isinstance(i, dict)])]
         for element in EXPLODE_ELEMENTS
     }
     activity_doc = drop_empty(doc)
@@ -230,6 +266,19 @@ def activity_documents(
     if iati_json is not None:
         activity_doc["iati_json"] = iati_json
     return ActivityDocuments(activity_doc, exploded["transaction"], exploded["budget"], base_chars)
+
+
+def _payload(doc: dict[str, Any], text: str | None, serialised: bool) -> Any:
+    """The document to send: its JSON text when nothing is to be dropped or cleaned (the
+    reference dropped top-level ``""`` values after hashing), else the dict."""
+    if serialised and text is not None and "" not in doc.values() and not needs_cleaning(text):
+        return JsonDoc(text, doc["id"])
+    return drop_empty(doc)
+
+
+def doc_id(doc: Any) -> str:
+    """The ``id`` of a document given as a dict or a :class:`JsonDoc`."""
+    return doc.id if isinstance(doc, JsonDoc) else doc["id"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -296,7 +345,7 @@ def _documents(
         xml, json_text = lake(identifier, occurrence) if lake is not None else (None, None)
         built = activity_documents(
             activity, document_id=document_id, document_hash=document_hash, occurrence=occurrence,
-            iati_xml=xml, iati_json=json_text,
+            iati_xml=xml, iati_json=json_text, serialised=lake is not None,
         )
         counts.activities += 1
         counts.transactions += len(built.transaction)
@@ -466,9 +515,9 @@ def index_document(doc: Mapping[str, Any], blobs: BlobStore, solr: SolrClient, s
         lake = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
         try:
             for role, solr_doc, chars in _documents(source(), document_id, document_hash, counts, lake):
-                ids = old[role]
-                if solr_doc["id"] in ids:
-                    ids[solr_doc["id"]] = True
+                ids, new_id = old[role], doc_id(solr_doc)
+                if new_id in ids:
+                    ids[new_id] = True
                 batches.add(role, solr_doc, chars)
             batches.flush_all()
         except (SolrError, _StageProblem) as exc:

@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     env = harness.load_env_file(args.reference_env) if args.reference_env else {}
     files = sorted(p for p in args.corpus.rglob("*.xml") if p.is_file())
     tally = Tally()
-    print(f"{'file':<64}{'activities':>11}{'ours':>7}{'reference':>11}")
+    print(f"{'file':<64}{'activity documents: ours':>26}{'reference':>11}")
     for path in files:
         file_hash = hashlib.sha1(path.read_bytes()).hexdigest()
         reference = run_reference(src, args.reference_python, env, path, file_hash)
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         status = "" if tally.unlisted_count() == before else "  UNLISTED"
         ref_state = "failed" if "failed" in reference else str(len(reference.get("documents", [])))
         our_state = "failed" if "failed" in ours else str(len(ours.get("documents", [])))
-        print(f"{str(path.relative_to(args.corpus))[:63]:<64}{'':>11}{our_state:>7}{ref_state:>11}{status}")
+        print(f"{str(path.relative_to(args.corpus))[:63]:<64}{our_state:>26}{ref_state:>11}{status}")
     print_summary(tally, len(files))
     for role in ROLES:
         for line in tally.unlisted[role][: args.show]:

@@ -307,6 +307,16 @@ class Browser:
                     raise CheckFailed(f"DevTools {method}: {message['error']}")
                 return message.get("result", {})
 
+    def sign_in(self, airflow_url: str, username: str = "admin", password: str = "admin") -> None:
+        """Sign in to an Airflow 3 UI: a token from its API, set as the UI's cookie."""
+        login = json.dumps({"username": username, "password": password}).encode()
+        token = json.load(urllib.request.urlopen(urllib.request.Request(
+            f"{airflow_url}/auth/token", data=login, headers={"Content-Type": "application/json"},
+            method="POST")))["access_token"]
+        self.call("Network.enable")
+        self.call("Network.setCookie", name="_token", value=token, url=airflow_url + "/", httpOnly=True)
+        self.call("Page.enable")
+
     def evaluate(self, expression: str) -> Any:
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return result.get("result", {}).get("value")

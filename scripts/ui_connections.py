@@ -111,13 +111,7 @@ def main() -> int:
         stack_.callback(airflow.stop)
         browser = Browser(chromium(), OUT / "chrome-profile-connections")
         stack_.callback(browser.close)
-        login = json.dumps({"username": "admin", "password": "admin"}).encode()
-        token = json.load(urllib.request.urlopen(urllib.request.Request(
-            f"{airflow.base_url}/auth/token", data=login, headers={"Content-Type": "application/json"},
-            method="POST")))["access_token"]
-        browser.call("Network.enable")
-        browser.call("Network.setCookie", name="_token", value=token, url=airflow.base_url + "/", httpOnly=True)
-        browser.call("Page.enable")
+        browser.sign_in(airflow.base_url)
         for conn_id, conn, broken, failure in connections(running):
             for variant, fields, expect in (("", conn, "Test Connection Successful"),
                                             ("-failing", {**conn, **broken}, "Test Connection Failed")):

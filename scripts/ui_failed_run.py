@@ -14,7 +14,6 @@ It prints the one Slack message the run sent.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import urllib.parse
@@ -76,13 +75,7 @@ def main() -> int:
                 print("Slack:", message.text)
             browser = Browser(chromium(), OUT / "chrome-profile-failed-run")
             try:
-                login = json.dumps({"username": "admin", "password": "admin"}).encode()
-                token = json.load(urllib.request.urlopen(urllib.request.Request(
-                    f"{stack.base_url}/auth/token", data=login, headers={"Content-Type": "application/json"},
-                    method="POST")))["access_token"]
-                browser.call("Network.enable")
-                browser.call("Network.setCookie", name="_token", value=token, url=stack.base_url + "/", httpOnly=True)
-                browser.call("Page.enable")
+                browser.sign_in(stack.base_url)
                 quoted = urllib.parse.quote(run_id, safe="")
                 browser.open(f"{stack.base_url}/dags/iati_refresh/runs/{quoted}", "document.body.innerText.includes"
                              "('summary')", "the run page")

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,8 +11,9 @@ import pytest
 from iati_refresher import storage
 from iati_refresher.connections import ConnectionInfo
 from iati_refresher.settings import Settings
-from iati_refresher.storage import BlobStoreConfig, azure_service_client, open_blob_store
+from iati_refresher.storage import BlobStoreConfig, azure_service_client
 from tests.support import services
+from tests.support.blobs import round_trip
 
 
 def forms(azurite: services.Azurite) -> dict[str, ConnectionInfo]:
@@ -43,15 +43,8 @@ def forms(azurite: services.Azurite) -> dict[str, ConnectionInfo]:
 def test_every_credential_form_reaches_azurite(azurite, monkeypatch, form: str, light: bool) -> None:
     monkeypatch.setattr(storage, "LIGHT_CLIENTS", [light])
     config = BlobStoreConfig(backend="azure", connection=forms(azurite)[form], retry_total=0)
-    store = open_blob_store(config)
-    container = f"cred-{uuid.uuid4().hex[:10]}"
-    store.ensure_containers([container])
-    store.put_bytes(container, "a/b.xml", b"<x/>")
-    assert store.get_bytes(container, "a/b.xml") == b"<x/>"
-    assert list(store.list(container, "a/")) == ["a/b.xml"]
-    assert store.delete(container, ["a/b.xml"]) == 1
+    round_trip(config)
     assert config.describe() == f"azure blob storage at http://127.0.0.1:{azurite.blob_port}/devstoreaccount1"
-    store.close()
 
 
 def test_the_worker_path_takes_the_decisions_wasbhook_takes(azurite, monkeypatch) -> None:

@@ -18,6 +18,7 @@ from iati_refresher import storage
 from iati_refresher.connections import ConnectionInfo
 from iati_refresher.storage import BlobStorageError, BlobStoreConfig, open_blob_store
 from tests.support import services
+from tests.support.blobs import round_trip
 from tests.support.entra import EntraStandin, self_signed_certificate
 
 CLIENT_ID = "5d1c6f0e-3a49-4c0b-9a57-refresher01"
@@ -54,26 +55,13 @@ def use_environment_credential(monkeypatch, entra: EntraStandin, secret: str = C
     monkeypatch.setenv("AZURE_AUTHORITY_HOST", entra.authority_host)
 
 
-def round_trip(config: BlobStoreConfig) -> None:
-    store = open_blob_store(config)
-    try:
-        container = f"mi-{uuid.uuid4().hex[:10]}"
-        store.ensure_containers([container])
-        store.put_bytes(container, "a/b.xml", b"<x/>")
-        assert store.get_bytes(container, "a/b.xml") == b"<x/>"
-        assert list(store.list(container, "a/")) == ["a/b.xml"]
-        assert store.delete(container, ["a/b.xml"]) == 1
-    finally:
-        store.close()
-
-
 @pytest.mark.parametrize("light", [False, True], ids=["WasbHook", "worker process"])
 def test_a_connection_without_a_secret_authenticates_through_default_azure_credential(
         oauth_azurite, entra, monkeypatch, light: bool) -> None:
     monkeypatch.setattr(storage, "LIGHT_CLIENTS", [light])
     use_environment_credential(monkeypatch, entra)
     conn = ConnectionInfo("refresher_blob", "wasb", host=oauth_azurite.account_url)
-    round_trip(BlobStoreConfig(backend="azure", connection=conn, retry_total=0))
+    round_trip(BlobStoreConfig(backend="azure", connection=conn, retry_total=0), prefix="mi")
     assert entra.token_requests, "the token came from the identity provider"
     assert {r["scope"] for r in entra.token_requests} == {"https://storage.azure.com/.default"}
     assert {r["client_id"] for r in entra.token_requests} == {CLIENT_ID}
@@ -86,7 +74,7 @@ def test_a_service_principal_connection_authenticates_with_its_own_secret(oauth_
     conn = ConnectionInfo("refresher_blob", "wasb", host=oauth_azurite.account_url, login=CLIENT_ID,
                           password=CLIENT_SECRET,
                           extra={"tenant_id": "adfs", "client_secret_auth_config": {"authority": entra.authority_host}})
-    round_trip(BlobStoreConfig(backend="azure", connection=conn, retry_total=0))
+    round_trip(BlobStoreConfig(backend="azure", connection=conn, retry_total=0), prefix="mi")
     assert entra.token_requests and entra.token_requests[0]["client_id"] == CLIENT_ID
 
 

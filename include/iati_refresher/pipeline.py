@@ -256,7 +256,7 @@ def remove_version_blobs(
     if hash_ and not _shared_hash(conn, hash_, doc_id):
         blobs.delete(settings.source_container, [f"{hash_}.xml"])
         blobs.delete(settings.clean_container, [f"{hash_}.xml"])
-    blobs.delete(settings.flat_container, [f"{doc_id}/{hash_}.jsonl"])
+    blobs.delete(settings.flat_container, [f"{doc_id}/{hash_}.jsonl", f"{doc_id}/{hash_}.lake.tsv"])
 
 
 def remove_dataset_everywhere(
@@ -1036,7 +1036,8 @@ def orphaned_blobs(settings: Settings | None = None, *, chunk: int = 1000, max_c
             for name in blobs.list(container):
                 doc_id = name.split("/", 1)[0]
                 if doc_id not in hashes or (
-                    container == settings.flat_container and name != f"{doc_id}/{hashes[doc_id]}.jsonl"
+                    container == settings.flat_container
+                    and name not in (f"{doc_id}/{hashes[doc_id]}.jsonl", f"{doc_id}/{hashes[doc_id]}.lake.tsv")
                 ):
                     orphans.append(name)
             add(container, orphans)

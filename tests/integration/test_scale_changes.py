@@ -29,7 +29,7 @@ from iati_refresher.settings import Settings
 from iati_refresher.solr_client import ROLES, SolrClient, write_collections
 from iati_refresher.stages import index as index_stage
 from iati_refresher.stages.flatten import flatten_document
-from iati_refresher.stages.lakify import lakify_document
+from iati_refresher.stages.lakify import lake_bundle_name, lakify_document
 from iati_refresher.stages.sync import sync_snapshot
 from iati_refresher.storage import LocalBlobStore
 from tests.standins.solr_server import SolrStandin
@@ -49,13 +49,17 @@ SETTINGS = Settings(solr_batch_size=3)
 
 @pytest.fixture
 def prepared(tmp_path: Path) -> tuple[LocalBlobStore, dict[str, Any]]:
-    """A document cleaned, flattened and lakified, as the index stage finds it."""
+    """A document cleaned, flattened and lakified, as the index stage finds it, but without
+    the lake bundle (as a version lakified before bundles existed): these tests are about
+    rebuilding the lake texts from the clean file (tests/integration/test_lake_bundle.py has
+    the bundle's)."""
     blobs = LocalBlobStore(tmp_path / "blobs")
     blobs.put_file(SETTINGS.clean_container, f"{HASH}.xml", SOURCE)
     doc: dict[str, Any] = {"id": DOC, "hash": HASH}
     flat = flatten_document(doc, blobs, SETTINGS)
     assert flat.status == "ok", flat
     assert lakify_document(doc, blobs, SETTINGS).status == "ok"
+    blobs.delete(SETTINGS.flat_container, [lake_bundle_name(DOC, HASH)])
     doc["flattened_activities"] = flat.data["manifest"]
     return blobs, doc
 

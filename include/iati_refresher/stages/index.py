@@ -37,7 +37,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 from iati_refresher.iati.identifiers import lake_name, normalise_identifier, solr_activity_id
 from iati_refresher.outcomes import Outcome
@@ -190,15 +190,24 @@ def _exploded(
             yield doc, None
 
 
-class ActivityDocuments(NamedTuple):
-    """The Solr documents built from one flattened activity."""
+class LakeLiteral(str):
+    """A lake text given as its JSON string literal (as the lake bundle stores it)."""
 
-    activity: dict[str, Any]
-    transaction: list[dict[str, Any]]
-    budget: list[dict[str, Any]]
+    def text(self) -> str:
+        return str(json.loads(self))
+
+
+class ActivityDocuments(NamedTuple):
+    """The Solr documents built from one flattened activity (dicts, or :class:`JsonDoc` texts)."""
+
+    activity: Any
+    transaction: list[Any]
+    budget: list[Any]
     #: roughly how many characters of JSON the activity's fields take (every exploded
     #: document repeats most of them): used to keep requests to a reasonable size
     base_chars: int = 0
+    #: characters of the activity's iati_xml and iati_json
+    lake_chars: int = 0
 
     def by_role(self) -> Iterator[tuple[str, dict[str, Any]]]:
         yield "activity", self.activity
@@ -209,9 +218,8 @@ class ActivityDocuments(NamedTuple):
 
     def sized(self) -> Iterator[tuple[str, dict[str, Any], int]]:
         """(role, document, approximate JSON size) for every document."""
-        lake = sum(len(self.activity.get(f) or "") for f in LAKE_FIELDS)
         for role, doc in self.by_role():
-            yield role, doc, self.base_chars + (lake if role == "activity" else 0)
+            yield role, doc, self.base_chars + (self.lake_chars if role == "activity" else 0)
 
 
 def activity_documents(
@@ -260,12 +268,18 @@ def activity_documents(
         for element in EXPLODE_ELEMENTS
     }
     activity_doc = drop_empty(doc)
-    base_chars = len(json.dumps(activity_doc, ensure_ascii=False))
-    if iati_xml is not None:
-        activity_doc["iati_xml"] = iati_xml
-    if iati_json is not None:
-        activity_doc["iati_json"] = iati_json
-    return ActivityDocuments(activity_doc, exploded["transaction"], exploded["budget"], base_chars)
+    text = json.dumps(activity_doc)
+    lake_chars = len(iati_xml or "") + len(iati_json or "")
+    literals = [v for v in (iati_xml, iati_json) if isinstance(v, LakeLiteral)]
+    if serialised and len(literals) == 2 and not any(map(needs_cleaning, (text, *literals))):
+        # the lake texts go into the request as the bundle stored them, never decoded
+        spliced = f'{text[:-1]}, "iati_xml": {iati_xml}, "iati_json": {iati_json}}}'
+        return ActivityDocuments(JsonDoc(spliced, activity_doc["id"]), exploded["transaction"], exploded["budget"],
+                                 len(text), lake_chars)
+    for name, value in (("iati_xml", iati_xml), ("iati_json", iati_json)):
+        if value is not None:
+            activity_doc[name] = value.text() if isinstance(value, LakeLiteral) else value
+    return ActivityDocuments(activity_doc, exploded["transaction"], exploded["budget"], len(text), lake_chars)
 
 
 def _payload(doc: dict[str, Any], text: str | None, serialised: bool) -> Any:
@@ -295,7 +309,7 @@ class _StageProblem(Exception):
         self.retryable = retryable
 
 
-LakeReader = Callable[[str, int], tuple[str, str]]
+LakeReader = Callable[[str, int], tuple[str, str]]  # str or LakeLiteral
 
 
 @dataclass
@@ -413,6 +427,44 @@ class _CleanFileLake:
             self._entries = None
 
 
+class _BundleLake:
+    """The lake texts from the version's lake bundle (one blob, written by lakify), in step
+    with the flattened activities; without a bundle, :class:`_CleanFileLake`.  If the bundle
+    disagrees with the activities, the rest is read from the lake blobs."""
+
+    def __init__(self, blobs: BlobStore, settings: Settings, document_id: str, document_hash: str, tmp: str):
+        from iati_refresher.stages.lakify import lake_bundle_name
+
+        self._blobs, self._settings, self._tmp = blobs, settings, tmp
+        self._document_id, self._document_hash = document_id, document_hash
+        self._file: TextIO | None = None
+        self._rest: LakeReader | None = None
+        path = os.path.join(tmp, "lake.tsv")
+        try:
+            blobs.get_to_file(settings.flat_container, lake_bundle_name(document_id, document_hash), path)
+            self._file = open(path, encoding="ascii")  # noqa: SIM115 (closed by close())
+        except (BlobNotFound, BlobStorageError):
+            self._rest = self._clean_file_lake = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
+
+    def __call__(self, identifier: str, occurrence: int) -> tuple[str, str]:
+        if self._file is not None:
+            line = self._file.readline()
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) == 4 and fields[1] == str(occurrence) and json.loads(fields[0]) == identifier:
+                return LakeLiteral(fields[2]), LakeLiteral(fields[3])
+            self.close()
+            self._rest = _lake_reader(self._blobs, self._settings.lake_container, self._document_id)
+        assert self._rest is not None
+        return self._rest(identifier, occurrence)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if isinstance(self._rest, _CleanFileLake):
+            self._rest.close()
+
+
 @dataclass
 class _Batches:
     """Per-collection buffers, each sent once it holds ``size`` documents."""
@@ -512,7 +564,7 @@ def index_document(doc: Mapping[str, Any], blobs: BlobStore, solr: SolrClient, s
         # 2. Stream the new version in batches.
         counts = _Counts()
         batches = _Batches(solr, max(1, settings.solr_batch_size), commit_within)
-        lake = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
+        lake = _BundleLake(blobs, settings, document_id, document_hash, tmp)
         try:
             for role, solr_doc, chars in _documents(source(), document_id, document_hash, counts, lake):
                 ids, new_id = old[role], doc_id(solr_doc)

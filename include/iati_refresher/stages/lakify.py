@@ -287,6 +287,22 @@ def cli_lakify(path: str, out_dir: str, err: TextIO, document_id: str | None = N
     return 0
 
 
+def lake_bundle_name(doc_id: str, hash_: str) -> str:
+    """The version's lake bundle in the flat container: every lake entry of the version in
+    one blob, so that indexing reads one blob instead of parsing the clean file again."""
+    return f"{doc_id}/{hash_}{LAKE_BUNDLE_SUFFIX}"
+
+
+LAKE_BUNDLE_SUFFIX = ".lake.tsv"
+
+
+def bundle_line(entry: LakeEntry) -> str:
+    """One bundle line: identifier, occurrence, the XML and the JSON as JSON string literals
+    (ASCII, so no tab or newline inside a field), tab-separated."""
+    return (f"{json.dumps(entry.identifier)}\t{entry.occurrence}\t"
+            f"{json.dumps(entry.xml.decode('utf-8', 'replace'))}\t{json.dumps(entry.json)}\n")
+
+
 def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -> Outcome:
     """Write one document's activities to the lake and delete the blobs it no longer has.
 
@@ -305,8 +321,12 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
             return Outcome.failed(doc_id, "clean_missing", f"clean/{hash_}.xml does not exist", retryable=False)
         except BlobStorageError as exc:
             return Outcome.failed(doc_id, "storage_error", f"could not read the clean file: {exc}", retryable=True)
+        bundle_path = os.path.join(tmp, "lake.tsv")
         try:
-            _upload_entries(_stream(source, stats), doc_id, blobs, settings, written)
+            with open(bundle_path, "w", encoding="ascii") as bundle:
+                _upload_entries(_bundled(_stream(source, stats), bundle), doc_id, blobs, settings, written)
+            bundle_name = lake_bundle_name(doc_id, hash_)
+            blobs.put_file(settings.flat_container, bundle_name, bundle_path)
         except NotIatiError as exc:
             return Outcome.skipped(doc_id, "not_iati", str(exc))
         except XmlRefused as exc:
@@ -320,6 +340,10 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
         stale = [name for name in blobs.list(settings.lake_container, f"{doc_id}/") if name not in written]
         if stale:
             blobs.delete(settings.lake_container, stale)
+        old_bundles = [name for name in blobs.list(settings.flat_container, f"{doc_id}/")
+                       if name.endswith(LAKE_BUNDLE_SUFFIX) and name != bundle_name]
+        if old_bundles:
+            blobs.delete(settings.flat_container, old_bundles)
     except BlobStorageError as exc:
         return Outcome.failed(doc_id, "storage_error", f"could not delete old lake blobs: {exc}", retryable=True)
     stream = stats[0]
@@ -331,6 +355,12 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
     if stream.recovered_errors:
         data["recovered_errors"] = stream.recovered_errors
     return Outcome.ok(doc_id, **data)
+
+
+def _bundled(entries: Iterator[LakeEntry], bundle: TextIO) -> Iterator[LakeEntry]:
+    for entry in entries:
+        bundle.write(bundle_line(entry))
+        yield entry
 
 
 def _upload_entries(

@@ -14,9 +14,9 @@ bytes, treating the file as the clean file (every activity valid):
   the database a recorder that keeps what flatten stored and gives it back to solrize the
   way PostgreSQL's ``jsonb`` column did (object keys sorted by length, then bytes), and
   ``pysolr.Solr`` a recorder of every ``add``.
-* **this project**: ``iter_flat_activities`` → ``iter_lake_entries`` → ``activity_documents``,
-  the functions the flatten, lakify and index stages call, then the Solr client's
-  ``clean_value`` (what it sends).
+* **this project**: its ``flatten_document``, ``lakify_document`` and ``index_document`` stage
+  functions on a local blob store, the index stage's update requests built by this
+  project's Solr client (as they would be sent) and parsed back.
 
 Activity documents are paired by ``id`` (document id, identifier hash, occurrence);
 transaction and budget documents by their activity and position.  Each pair is identical,
@@ -139,31 +139,66 @@ def _grouped(added: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 
 
-def our_documents(path: str, file_hash: str) -> dict[str, Any]:
-    """The documents this project's flatten, lakify and index stages build for ``path``."""
-    from iati_refresher.solr_client import clean_value
-    from iati_refresher.stages.flatten import iter_flat_activities
-    from iati_refresher.stages.index import activity_documents, activity_identifier
-    from iati_refresher.stages.lakify import iter_lake_entries
+class RequestRecorder:
+    """A Solr client for the index stage: an empty index, every update request's body kept
+    (built by this project's Solr client, as it would be sent) and parsed back."""
 
-    try:
-        lake = {(e.identifier, e.occurrence): (e.xml.decode("utf-8", "replace"), e.json)
-                for e in iter_lake_entries(path)}
-        groups = []
-        occurrences: dict[str, int] = collections.Counter()
-        for activity in iter_flat_activities(path):
-            identifier = activity_identifier(activity)
-            if not identifier:
-                continue
-            occurrence = occurrences[identifier]
-            occurrences[identifier] += 1
-            xml, json_text = lake.get((identifier, occurrence), (None, None))
-            built = activity_documents(activity, document_id=DOCUMENT_ID, document_hash=file_hash,
-                                       occurrence=occurrence, iati_xml=xml, iati_json=json_text)
-            # as the Solr client sends them (control characters stripped)
-            groups.append({role: clean_value(getattr(built, role)) for role in ROLES})
-    except Exception as exc:  # a refused or unreadable file is an outcome, not a crash of the comparison
-        return {"failed": f"{type(exc).__name__}: {exc}"[:500], "documents": []}
+    def __init__(self) -> None:
+        from iati_refresher.solr_client import _json_body
+
+        self._body = _json_body
+        self.docs: dict[str, list[dict[str, Any]]] = {role: [] for role in ROLES}
+
+    def iter_ids(self, collection: str, q: str = "*:*", page_size: int = 1000) -> Any:
+        return iter(())
+
+    def add(self, collection: str, docs: Any, commit_within_ms: int | None = None) -> int:
+        sent = json.loads(self._body(list(docs)))
+        self.docs[collection].extend(sent)
+        return len(sent)
+
+    def delete_ids(self, collection: str, ids: Any, commit_within_ms: int | None = None) -> int:
+        return 0
+
+    def delete_query(self, collection: str, q: str, commit_within_ms: int | None = None) -> None:
+        return None
+
+
+def our_documents(path: str, file_hash: str) -> dict[str, Any]:
+    """The documents this project's clean-file → flatten → lakify → index stages send to Solr
+    for ``path`` (the stage functions themselves, on a local blob store)."""
+    from iati_refresher.settings import Settings
+    from iati_refresher.stages.flatten import flatten_document, iter_flat_activities
+    from iati_refresher.stages.index import activity_identifier, index_document
+    from iati_refresher.stages.lakify import lakify_document
+    from iati_refresher.storage import LocalBlobStore
+
+    with tempfile.TemporaryDirectory(prefix="compare-ours-") as tmp:
+        settings = Settings(local_blob_dir=tmp)
+        blobs = LocalBlobStore(tmp)
+        doc: dict[str, Any] = {"id": DOCUMENT_ID, "hash": file_hash}
+        blobs.put_file(settings.clean_container, f"{file_hash}.xml", path)
+        steps = [flatten_document(doc, blobs, settings)]
+        if steps[0].status == "ok":
+            doc["flattened_activities"] = steps[0].data["manifest"]
+            steps.append(lakify_document(doc, blobs, settings))
+        if steps[-1].status == "ok":
+            recorder = RequestRecorder()
+            steps.append(index_document(doc, blobs, recorder, settings))
+        failed = next((o for o in steps if o.status != "ok"), None)
+        if failed is not None:
+            return {"failed": f"{failed.code}: {failed.message}"[:500], "documents": []}
+        # the requests are per collection, in file order: split them by activity again
+        counts = [{role: len([i for i in activity.get(f"@{role}") or [] if isinstance(i, dict)])
+                   for role in ("transaction", "budget")}
+                  for activity in iter_flat_activities(path) if activity_identifier(activity)]
+    groups, taken = [], dict.fromkeys(("transaction", "budget"), 0)
+    for activity, count in zip(recorder.docs["activity"], counts, strict=True):
+        group = {"activity": activity}
+        for role in ("transaction", "budget"):
+            group[role] = recorder.docs[role][taken[role]:taken[role] + count[role]]
+            taken[role] += count[role]
+        groups.append(group)
     return {"documents": groups}
 
 

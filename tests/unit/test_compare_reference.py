@@ -79,3 +79,12 @@ def test_a_document_built_by_one_side_only_is_unlisted(compare: ModuleType) -> N
 def test_keys_come_back_in_postgres_jsonb_order(compare: ModuleType) -> None:
     assert list(compare.harness.jsonb_roundtrip({"bb": 1, "a": {"zz": 1, "y": 2}, "é": 3})) == ["a", "bb", "é"]
     assert list(compare.harness.jsonb_roundtrip({"a": {"zz": 1, "y": 2}})["a"]) == ["y", "zz"]
+
+
+def test_the_lxml_4_serialisation_of_an_activity_is_a_listed_deviation(compare: ModuleType) -> None:
+    # U3: lxml 4.9 (the reference) escaped non-ASCII in attribute values and self-closed an
+    # element holding an empty CDATA section; lxml 6 does neither. Same infoset.
+    ours = '<iati-activity a="caf\u00e9"><x></x><t>caf\u00e9</t></iati-activity>'
+    reference = '<iati-activity a="caf&#xE9;"><x/><t>caf\u00e9</t></iati-activity>'
+    assert compare._xml_class(ours, reference) == "xml_serialisation"
+    assert compare._xml_class(ours, reference.replace("<t>", "<t>other ")) is None

@@ -139,29 +139,19 @@ def _grouped(added: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 
 
-class RequestRecorder:
-    """A Solr client for the index stage: an empty index, every update request's body kept
-    (built by this project's Solr client, as it would be sent) and parsed back."""
+class RequestRecorder(harness.SerialisingSolr):
+    """The index stage's Solr: an empty index, every update body built by this project's
+    Solr client (as it would be sent) and kept, parsed back, per collection."""
 
     def __init__(self) -> None:
-        from iati_refresher.solr_client import _json_body
-
-        self._body = _json_body
+        super().__init__()
         self.docs: dict[str, list[dict[str, Any]]] = {role: [] for role in ROLES}
-
-    def iter_ids(self, collection: str, q: str = "*:*", page_size: int = 1000) -> Any:
-        return iter(())
 
     def add(self, collection: str, docs: Any, commit_within_ms: int | None = None) -> int:
         sent = json.loads(self._body(list(docs)))
         self.docs[collection].extend(sent)
+        self.documents += len(sent)
         return len(sent)
-
-    def delete_ids(self, collection: str, ids: Any, commit_within_ms: int | None = None) -> int:
-        return 0
-
-    def delete_query(self, collection: str, q: str, commit_within_ms: int | None = None) -> None:
-        return None
 
 
 def our_documents(path: str, file_hash: str) -> dict[str, Any]:

@@ -256,7 +256,9 @@ def remove_version_blobs(
     if hash_ and not _shared_hash(conn, hash_, doc_id):
         blobs.delete(settings.source_container, [f"{hash_}.xml"])
         blobs.delete(settings.clean_container, [f"{hash_}.xml"])
-    blobs.delete(settings.flat_container, [f"{doc_id}/{hash_}.jsonl", f"{doc_id}/{hash_}.lake.tsv"])
+    from iati_refresher.stages.lakify import lake_bundle_name
+
+    blobs.delete(settings.flat_container, [f"{doc_id}/{hash_}.jsonl", lake_bundle_name(doc_id, hash_)])
 
 
 def remove_dataset_everywhere(
@@ -1015,6 +1017,8 @@ def orphaned_blobs(settings: Settings | None = None, *, chunk: int = 1000, max_c
     ``{"container", "names"}`` chunks for :class:`~iati_refresher.operators.RefresherBlobOperator`
     (``remove``).  At most ``max_chunks`` chunks a run: the rest waits for the next.  Expired
     claims are deleted on the way."""
+    from iati_refresher.stages.lakify import lake_bundle_name
+
     settings = settings or get_settings()
     with database(settings) as conn:
         hashes = repo.document_hashes(conn)
@@ -1037,7 +1041,7 @@ def orphaned_blobs(settings: Settings | None = None, *, chunk: int = 1000, max_c
                 doc_id = name.split("/", 1)[0]
                 if doc_id not in hashes or (
                     container == settings.flat_container
-                    and name not in (f"{doc_id}/{hashes[doc_id]}.jsonl", f"{doc_id}/{hashes[doc_id]}.lake.tsv")
+                    and name not in (f"{doc_id}/{hashes[doc_id]}.jsonl", lake_bundle_name(doc_id, hashes[doc_id]))
                 ):
                     orphans.append(name)
             add(container, orphans)

@@ -33,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from iati_refresher.validation.builtin import validate_file
+from iati_refresher.validation.builtin import too_large_answer, validate_file
 
 SCHEMA_PATH = "/api/pvt/schema-validate-file"
 VALIDATE_PATH = "/api/pub/validate"
@@ -218,10 +218,7 @@ def _make_handler(standin: ValidatorStandin) -> type[BaseHTTPRequestHandler]:
                 status, report = validate_file(body_path, meta=False, schema_only=True, schemas_dir=standin.schemas_dir)
                 self._answer(status, report)
             elif size > standin.max_bytes:
-                self._answer(413, {
-                    "error": f"Max Filesize of {standin.max_bytes / MIB:g} MiB exceeded. "
-                             f"File supplied is {size / MIB:.4f} MiB",
-                })
+                self._answer(*too_large_answer(size, standin.max_bytes))
             else:
                 meta = query.get("meta") in ("true", "True")
                 status, report = validate_file(body_path, meta=meta, schemas_dir=standin.schemas_dir)

@@ -240,3 +240,11 @@ def test_a_builtin_report_says_it_is_schema_only(tmp_path: Path) -> None:
     notices = [e for c in file_group["errors"] for e in c["errors"] if e["id"] == "schema-only"]
     assert len(notices) == 1 and notices[0]["severity"] == "advisory"
     assert report["summary"]["advisory"] == 1
+
+
+def test_a_utf16_file_with_entities_is_refused_from_its_byte_order_mark(tmp_path: Path) -> None:
+    # the stage reads only the prolog, not the whole file, to decide
+    text = f'<?xml version="1.0" encoding="UTF-16"?>\n<!DOCTYPE x [<!ENTITY a "b">]>\n{ROOT}{activity("A-1")}</iati-activities>'
+    path = write(tmp_path, text.encode("utf-16"))
+    outcome = validate_document(doc(), path, NeverAsked(), SETTINGS, now=NOW)
+    assert (outcome.status, outcome.code) == ("skipped", "doctype_refused")

@@ -9,6 +9,7 @@ parsed with silently missing text.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Iterator
@@ -95,6 +96,9 @@ def iter_root_activities(events: Iterator[tuple[str, Any]], root: Any | None) ->
 
 
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
+# (UTF-32 first: its little-endian mark starts with UTF-16's)
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _ENTITY = re.compile(rb"<!ENTITY", re.IGNORECASE)
 
 
@@ -102,10 +106,13 @@ def check_prolog(path: str | os.PathLike[str], encoding: str | None = None) -> N
     """Refuse files whose prolog declares a DOCTYPE or entities.
 
     The prolog is everything before the root element; it is scanned in the file's own
-    encoding (UTF-16 files are decoded first) up to ``PROLOG_SCAN_BYTES``.
+    encoding (UTF-16 files are decoded first) up to ``PROLOG_SCAN_BYTES``.  Without
+    ``encoding``, a UTF-16 or UTF-32 byte-order mark says it (no need to sniff the whole file).
     """
     with open(path, "rb") as f:
         head = f.read(PROLOG_SCAN_BYTES)
+    if encoding is None:
+        encoding = next((codec for mark, codec in _WIDE_BOMS if head.startswith(mark)), None)
     if encoding and encoding.lower().replace("_", "-").startswith(("utf-16", "utf-32")):
         head = head.decode(encoding, errors="replace").encode("utf-8")
     prolog = _prolog(head)

@@ -12,8 +12,8 @@ Rules (reference facts §2.6, §8 item 6):
   Validator writes ``X(2)`` for a second ``X`` and ``noIdentifier`` for none), and so is the
   number of entries; on any disagreement nothing is kept (skipped ``meta_conflict``, with the
   first disagreement in the message) rather than a guess at which activities were valid.
-  The kept activities go under a new ``iati-activities`` root carrying all the original root attributes
-  and namespace declarations.  Comments, processing instructions and text between
+  The kept activities go under a new ``iati-activities`` root carrying all the original
+  root attributes and namespace declarations.  Comments, processing instructions and text between
   activities are dropped.  The result is UTF-8 with an XML declaration saying so (the
   reference wrote no declaration; both mean UTF-8, the declaration makes it explicit).
   A file left with no valid activity is excluded (``No valid activities``).

@@ -435,16 +435,18 @@ class _BundleLake:
     def __init__(self, blobs: BlobStore, settings: Settings, document_id: str, document_hash: str, tmp: str):
         from iati_refresher.stages.lakify import lake_bundle_name
 
-        self._blobs, self._settings, self._tmp = blobs, settings, tmp
-        self._document_id, self._document_hash = document_id, document_hash
+        self._blobs, self._settings, self._document_id = blobs, settings, document_id
         self._file: TextIO | None = None
         self._rest: LakeReader | None = None
         path = os.path.join(tmp, "lake.tsv")
         try:
             blobs.get_to_file(settings.flat_container, lake_bundle_name(document_id, document_hash), path)
             self._file = open(path, encoding="ascii")  # noqa: SIM115 (closed by close())
-        except (BlobNotFound, BlobStorageError):
-            self._rest = self._clean_file_lake = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
+        except BlobNotFound:  # lakified before bundles existed
+            self._rest = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
+        except BlobStorageError as exc:  # the same texts, read another way; a storage outage fails there
+            log.warning("index %s: the lake bundle could not be read (%s); using the clean file", document_id, exc)
+            self._rest = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
 
     def __call__(self, identifier: str, occurrence: int) -> tuple[str, str]:
         if self._file is not None:
@@ -452,6 +454,8 @@ class _BundleLake:
             fields = line.rstrip("\n").split("\t")
             if len(fields) == 4 and fields[1] == str(occurrence) and json.loads(fields[0]) == identifier:
                 return LakeLiteral(fields[2]), LakeLiteral(fields[3])
+            log.warning("index %s: the lake bundle does not match activity %r (#%d); reading the lake blobs "
+                        "from here on", self._document_id, identifier, occurrence)
             self.close()
             self._rest = _lake_reader(self._blobs, self._settings.lake_container, self._document_id)
         assert self._rest is not None

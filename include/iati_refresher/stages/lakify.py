@@ -287,13 +287,13 @@ def cli_lakify(path: str, out_dir: str, err: TextIO, document_id: str | None = N
     return 0
 
 
+LAKE_BUNDLE_SUFFIX = ".lake.tsv"
+
+
 def lake_bundle_name(doc_id: str, hash_: str) -> str:
     """The version's lake bundle in the flat container: every lake entry of the version in
     one blob, so that indexing reads one blob instead of parsing the clean file again."""
     return f"{doc_id}/{hash_}{LAKE_BUNDLE_SUFFIX}"
-
-
-LAKE_BUNDLE_SUFFIX = ".lake.tsv"
 
 
 def bundle_line(entry: LakeEntry) -> str:

@@ -39,7 +39,6 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
-from iati_refresher.iati.encoding import sniff_encoding
 from iati_refresher.iati.xml import XmlRefused, check_prolog
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
@@ -133,7 +132,7 @@ def not_sent_reason(path: str | os.PathLike[str], settings: Settings) -> NotSent
             413,
         )
     try:
-        check_prolog(path, sniff_encoding(path).encoding)
+        check_prolog(path)
     except XmlRefused as exc:
         return NotSent(exc.code, f"not sent to the Validator: {exc}", None)
     return None

@@ -35,7 +35,7 @@ reference.  High system time means the storage (file creation), not the stage, i
 bottleneck.
 
 ``--reference CHECKOUT`` runs the reference refresher's own code from a checkout of
-IATI/refresher given by you (``CHECKOUT/src/library/{flatten,lakify,clean}.py``), on the
+IATI/refresher given by you (``CHECKOUT/src/library/{flatten,lakify,clean,solrize}.py``), on the
 same files, each in a fresh subprocess, and prints the ratios ours/reference and each
 side's share of the bare iterparse of the same run:
 
@@ -53,9 +53,9 @@ Third-party modules the measured code does not need (e.g. ``prometheus_client``)
 replaced by inert modules when missing; use ``--reference-python`` to run the reference
 with its own virtualenv instead, and ``--reference-env`` to load its environment variables
 (``KEY=VALUE`` lines).  When the layout differs from what this harness expects, it says
-which file or name is missing.  Without ``--reference`` the reference's figures measured on
-no reference figures are shown: a ratio is only ever computed between two measurements of
-the same run (this machine's speed moves 2-3x between days).
+which file or name is missing.  Without ``--reference`` no reference figures are shown: a
+ratio is only ever computed between two measurements of the same run (this machine's speed
+moves 2-3x between days).
 """
 
 from __future__ import annotations
@@ -77,7 +77,6 @@ import types
 from pathlib import Path
 from typing import Any
 
-# The reference's measured throughput on the 40 MB derived file (same machine).
 STAGES = ("iterparse", "download", "validate", "clean", "flatten", "lakify", "lakify-shm", "lake-iter",
           "index-docs", "index")
 # Our stage → the reference stage it is compared with (run by the reference harness).

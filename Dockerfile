@@ -20,9 +20,11 @@ RUN pip install --no-cache-dir -c requirements.lock -r requirements.txt
 
 # The package itself (its dependencies are all installed above), then the IATI schemas
 # for the built-in validator, fetched and checksum-verified at build time.
-COPY --chown=airflow:0 pyproject.toml README.md* ./
+COPY --chown=airflow:0 pyproject.toml setup.py README.md* ./
 COPY --chown=airflow:0 include ./include
-RUN pip install --no-cache-dir --no-deps . \
+# (built without isolation: the compiled tree walks must match the lxml installed above)
+RUN pip install --no-cache-dir -c requirements.lock cython setuptools \
+ && pip install --no-cache-dir --no-deps --no-build-isolation . \
  && python -m iati_refresher.validation.fetch_schemas
 
 COPY --chown=airflow:0 migrations ./migrations

@@ -93,11 +93,26 @@ def _check_name(name: str) -> str:
     return name
 
 
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether the file at ``path`` holds exactly ``data`` (read only when the sizes match)."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != len(data):
+                return False
+            return f.read() == data
+    except OSError:
+        return False
+
+
 class LocalBlobStore:
     """Blobs as files under ``root/<container>/<name>`` (the embedded default)."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+        self._root = str(root)
         self._dirs: set[Path] = set()
 
     def _path(self, container: str, name: str) -> Path:
@@ -123,11 +138,34 @@ class LocalBlobStore:
         os.replace(tmp, target)
 
     def put_bytes(self, container: str, name: str, data: bytes) -> None:
-        target = self._path(container, name)
-        tmp = self._temporary(target)
-        with open(tmp, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
+        """Store ``data``; a blob that already holds exactly ``data`` is left alone.
+
+        A new blob is created in place (nothing was visible under its name, so no reader can
+        see a half-replaced one); an existing blob is replaced atomically through a temporary
+        file.  The lake writes thousands of small blobs per document, where the extra file
+        and rename of the atomic path cost more than the stage's own work.
+        """
+        target = os.path.join(self._root, _check_name(container), _check_name(name))
+        try:
+            fd = os.open(target, _CREATE_NEW, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd = os.open(target, _CREATE_NEW, 0o644)
+        except FileExistsError:
+            if _holds(target, data):
+                return
+            tmp = self._temporary(Path(target))
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.replace(tmp, target)
+            return
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
 
     def get_to_file(self, container: str, name: str, path: str | os.PathLike[str]) -> int:
         source = self._path(container, name)

@@ -441,7 +441,7 @@ class _BundleLake:
         path = os.path.join(tmp, "lake.tsv")
         try:
             blobs.get_to_file(settings.flat_container, lake_bundle_name(document_id, document_hash), path)
-            self._file = open(path, encoding="ascii")  # noqa: SIM115 (closed by close())
+            self._file = open(path, encoding="utf-8")  # noqa: SIM115 (closed by close())
         except BlobNotFound:  # lakified before bundles existed
             self._rest = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
         except BlobStorageError as exc:  # the same texts, read another way; a storage outage fails there

@@ -120,10 +120,8 @@ _SUSPECT_ESCAPE = re.compile(r"\\u00(?:0[0-8bcef]|1[0-9a-f])|\\[bf]|\\ud[89a-f]"
 
 
 def needs_cleaning(json_text: str) -> bool:
-    """Whether JSON text may hold a control character or a surrogate escape (a pair for a
-    character above U+FFFF counts too: the caller then takes the careful path).  Control
-    characters are escaped in any JSON text, ASCII-only or not; UTF-8 text (the lake bundle's
-    literals) holds no surrogates."""
+    """Whether ASCII-escaped JSON text may hold a control character or a surrogate escape
+    (a pair for a character above U+FFFF counts too: the caller then takes the careful path)."""
     # substring tests first: far faster than the expression over megabytes of lake XML
     if "\\u00" not in json_text and "\\ud" not in json_text and "\\b" not in json_text \
             and "\\f" not in json_text:

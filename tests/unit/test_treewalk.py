@@ -103,6 +103,13 @@ def test_lake_entries_are_the_same_compiled_or_not(name, monkeypatch):
 def test_json_literal_is_json_dumps(text):
     assert accelerated.treewalk is not None
     assert accelerated.treewalk.json_literal(text.encode()) == json.dumps(text, ensure_ascii=False).encode()
+    assert accelerated.treewalk.json_literal(text.encode(), True) == json.dumps(text).encode()
+
+
+@pytest.mark.parametrize("raw", [b"\xff", b"a\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf"])
+def test_json_literal_refuses_what_is_not_utf8(raw):
+    assert accelerated.treewalk is not None
+    assert accelerated.treewalk.json_literal(raw, True) is None
 
 
 def test_bundle_lines_are_the_same_compiled_or_not(monkeypatch):

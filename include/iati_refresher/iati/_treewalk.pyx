@@ -525,9 +525,86 @@ def flatten_activity(cetree._Element activity, dict dataset_fields, naming, norm
     return out
 
 
-def json_literal(bytes text):
-    """``json.dumps(text.decode("utf-8"), ensure_ascii=False).encode("utf-8")`` for UTF-8
-    ``text``, in one pass over the bytes."""
+cdef inline int _put_u(Buffer* b, unsigned int unit) except -1:
+    cdef char escape[6]
+    escape[0] = 0x5c
+    escape[1] = 0x75  # u
+    escape[2] = HEX[(unit >> 12) & 15]
+    escape[3] = HEX[(unit >> 8) & 15]
+    escape[4] = HEX[(unit >> 4) & 15]
+    escape[5] = HEX[unit & 15]
+    return _put(b, escape, 6)
+
+
+cdef int _put_ascii_body(Buffer* b, const unsigned char* s, Py_ssize_t n) except -2:
+    """The characters of a JSON string as ``json.dumps(...)`` (ASCII) writes them, from UTF-8;
+    -1 when the bytes are not valid UTF-8."""
+    cdef Py_ssize_t start = 0
+    cdef Py_ssize_t i = 0
+    cdef unsigned char c
+    cdef unsigned int code
+    cdef int extra
+    cdef int k
+    while i < n:
+        c = s[i]
+        if 0x20 <= c < 0x7f and c != 0x22 and c != 0x5c:
+            i += 1
+            continue
+        if i > start:
+            _put(b, <const char*>s + start, i - start)
+        if c == 0x22:
+            _put(b, b'\\"', 2)
+        elif c == 0x5c:
+            _put(b, b"\\\\", 2)
+        elif c == 0x0a:
+            _put(b, b"\\n", 2)
+        elif c == 0x0d:
+            _put(b, b"\\r", 2)
+        elif c == 0x09:
+            _put(b, b"\\t", 2)
+        elif c == 0x08:
+            _put(b, b"\\b", 2)
+        elif c == 0x0c:
+            _put(b, b"\\f", 2)
+        elif c < 0x80:
+            _put_u(b, c)
+        else:
+            if 0xc2 <= c <= 0xdf:
+                code = c & 0x1f
+                extra = 1
+            elif 0xe0 <= c <= 0xef:
+                code = c & 0x0f
+                extra = 2
+            elif 0xf0 <= c <= 0xf4:
+                code = c & 0x07
+                extra = 3
+            else:
+                return -1
+            if i + extra >= n:
+                return -1
+            for k in range(1, extra + 1):
+                if (s[i + k] & 0xc0) != 0x80:
+                    return -1
+                code = (code << 6) | (s[i + k] & 0x3f)
+            if (extra == 2 and (code < 0x800 or 0xd800 <= code <= 0xdfff)) or (extra == 3 and not 0x10000 <= code <= 0x10ffff):
+                return -1
+            if code >= 0x10000:
+                code -= 0x10000
+                _put_u(b, 0xd800 | (code >> 10))
+                _put_u(b, 0xdc00 | (code & 0x3ff))
+            else:
+                _put_u(b, code)
+            i += extra
+        i += 1
+        start = i
+    if i > start:
+        _put(b, <const char*>s + start, i - start)
+    return 0
+
+
+def json_literal(bytes text, bint ascii=False):
+    """``json.dumps(text.decode("utf-8"), ensure_ascii=ascii).encode("utf-8")`` for UTF-8
+    ``text``, in one pass over the bytes (``None``: not valid UTF-8, or a NUL byte)."""
     cdef Buffer b
     cdef const unsigned char* data = text
     cdef Py_ssize_t n = len(text)
@@ -535,14 +612,19 @@ def json_literal(bytes text):
     b.data = NULL
     b.length = 0
     b.capacity = 0
-    for i in range(n):
-        if data[i] == 0:
-            # an embedded NUL would end the C string early: json's own escaping handles it
-            return None
+    if not ascii:
+        for i in range(n):
+            if data[i] == 0:
+                # an embedded NUL would end the C string early: json's own escaping handles it
+                return None
     try:
-        _grow(&b, n + n // 8 + 16)
+        _grow(&b, n + n // 4 + 16)
         _put(&b, b'"', 1)
-        _put_string_body(&b, data)
+        if ascii:
+            if _put_ascii_body(&b, data, n) < 0:
+                return None
+        else:
+            _put_string_body(&b, data)
         _put(&b, b'"', 1)
         return b.data[:b.length]
     finally:

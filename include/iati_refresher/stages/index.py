@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TextIO
 
+import msgspec
+
 from iati_refresher.iati.identifiers import lake_name, normalise_identifier, solr_activity_id
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
@@ -73,6 +75,8 @@ def _jsonb_key(key: str) -> tuple[int, bytes]:
 # Activities of one file share a few hundred key sets: their orders are computed once.
 _JSONB_ORDERS: dict[tuple[str, ...], list[str]] = {}
 _JSONB_ORDERS_MAX = 50_000
+# (activity keys, element) → the keys an exploded document keeps, likewise
+_BASE_KEYS: dict[tuple[tuple[str, ...], str], list[str]] = {}
 
 
 def jsonb_order(value: Any) -> Any:
@@ -164,10 +168,18 @@ def _exploded(
     """(document, its JSON text to send, or None) per item, ids set.
 
     The text is the one the id hashes, without the activity's ``id`` member and with the
-    document's own ``id`` last (Solr reads a key given twice as two values).
+    document's own ``id`` last (Solr reads a key given twice as two values).  It is given only
+    when the document can be sent as it is: no top-level ``""`` to drop and nothing to clean
+    (:func:`~iati_refresher.solr_client.needs_cleaning`, checked on the shared part once).
     """
-    prefix = f"{element}_"
-    base = {k: v for k, v in activity_doc.items() if not k.startswith(prefix) and k not in LAKE_FIELDS}
+    keys = tuple(activity_doc)
+    kept = _BASE_KEYS.get((keys, element))
+    if kept is None:
+        prefix = f"{element}_"
+        kept = [k for k in keys if not k.startswith(prefix) and k not in LAKE_FIELDS]
+        if len(_BASE_KEYS) < _JSONB_ORDERS_MAX:
+            _BASE_KEYS[(keys, element)] = kept
+    base = {k: activity_doc[k] for k in kept}
     # The base is most of every document's text: serialise and hash it once.  ``json.dumps``
     # of ``{**base, **item}`` is the base's members, ", ", then the item's, as long as no key
     # is in both; otherwise the whole document is serialised as the reference did.
@@ -177,6 +189,8 @@ def _exploded(
     id_member = f'"id": {json.dumps(base["id"])}' if isinstance(base.get("id"), str) else None
     sendable = id_member is not None and base_members.endswith(id_member) and next(reversed(base)) == "id"
     body_base = base_members[: -len(id_member)] if sendable and id_member else ""
+    # (an escape sequence never spans the shared part and the item's: the first ends between members)
+    sendable = sendable and "" not in base.values() and not needs_cleaning(body_base)
     for index, item in enumerate(items):
         doc = {**base, **item}
         if item and base and base.keys().isdisjoint(item):
@@ -184,7 +198,10 @@ def _exploded(
             digest = base_hash.copy()
             digest.update((item_text + str(index)).encode("utf-8"))
             doc["id"] = digest.hexdigest()
-            yield doc, ("{" + body_base + item_text[:-1] + f', "id": "{doc["id"]}"}}') if sendable else None
+            if sendable and "" not in item.values() and not needs_cleaning(item_text):
+                yield doc, "{" + body_base + item_text[:-1] + f', "id": "{doc["id"]}"}}'
+            else:
+                yield doc, None
         else:
             doc["id"] = hashlib.sha1((json.dumps(doc) + str(index)).encode("utf-8")).hexdigest()
             yield doc, None
@@ -285,7 +302,7 @@ def activity_documents(
 def _payload(doc: dict[str, Any], text: str | None, serialised: bool) -> Any:
     """The document to send: its JSON text when nothing is to be dropped or cleaned (the
     reference dropped top-level ``""`` values after hashing), else the dict."""
-    if serialised and text is not None and "" not in doc.values() and not needs_cleaning(text):
+    if serialised and text is not None:
         return JsonDoc(text, doc["id"])
     return drop_empty(doc)
 
@@ -322,13 +339,14 @@ class _Counts:
 
 
 def _iter_flat_file(path: str) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    decode = msgspec.json.Decoder().decode
+    with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                activity = json.loads(line)
-            except ValueError as exc:
+                activity = decode(line)
+            except msgspec.DecodeError as exc:
                 message = f"flat file line {number} is not JSON: {exc}"
                 raise _StageProblem("flat_invalid", message, retryable=False) from exc
             if not isinstance(activity, dict):
@@ -441,7 +459,7 @@ class _BundleLake:
         path = os.path.join(tmp, "lake.tsv")
         try:
             blobs.get_to_file(settings.flat_container, lake_bundle_name(document_id, document_hash), path)
-            self._file = open(path, encoding="utf-8")  # noqa: SIM115 (closed by close())
+            self._file = open(path, encoding="ascii")  # noqa: SIM115 (closed by close())
         except BlobNotFound:  # lakified before bundles existed
             self._rest = _CleanFileLake(blobs, settings, document_id, document_hash, tmp)
         except BlobStorageError as exc:  # the same texts, read another way; a storage outage fails there

@@ -309,20 +309,21 @@ def lake_bundle_name(doc_id: str, hash_: str) -> str:
 
 
 def bundle_line(entry: LakeEntry) -> bytes:
-    """One bundle line (UTF-8): identifier, occurrence, the XML and the JSON as JSON string
-    literals (control characters escaped, so no tab or newline inside a field), tab-separated.
+    """One bundle line: identifier, occurrence, the XML and the JSON as JSON string literals
+    (ASCII, so no tab or newline inside a field), tab-separated.
 
-    Index splices the two literals into its Solr requests as they are."""
-    head = f"{json.dumps(entry.identifier, ensure_ascii=False)}\t{entry.occurrence}\t".encode()
+    Index splices the two literals into its Solr requests as they are (ASCII text keeps its
+    string handling fast)."""
+    head = f"{json.dumps(entry.identifier)}\t{entry.occurrence}\t".encode()
     return b"".join((head, _literal(entry.xml), b"\t", _literal(entry.json.encode("utf-8")), b"\n"))
 
 
 def _literal(text: bytes) -> bytes:
     if treewalk is not None:
-        literal = treewalk.json_literal(text)
+        literal = treewalk.json_literal(text, True)
         if literal is not None:
             return bytes(literal)
-    return json.dumps(text.decode("utf-8", "replace"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(text.decode("utf-8", "replace")).encode("ascii")
 
 
 def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -> Outcome:

@@ -84,6 +84,7 @@ class BlobStore(Protocol):
     def delete(self, container: str, names: Iterable[str]) -> int: ...
     def delete_prefix(self, container: str, prefix: str) -> int: ...
     def list(self, container: str, prefix: str = "") -> Iterator[str]: ...
+    def list_digests(self, container: str, prefix: str = "") -> dict[str, bytes | None]: ...
     def copy(self, src_container: str, src_name: str, dst_container: str, dst_name: str) -> None: ...
 
 
@@ -214,6 +215,10 @@ class LocalBlobStore:
                 if rel.startswith(prefix):
                     yield rel
 
+    def list_digests(self, container: str, prefix: str = "") -> dict[str, bytes | None]:
+        """The blobs under ``prefix``, digests unknown (:meth:`put_bytes` compares contents itself)."""
+        return dict.fromkeys(self.list(container, prefix))
+
     def copy(self, src_container: str, src_name: str, dst_container: str, dst_name: str) -> None:
         source = self._path(src_container, src_name)
         if not source.is_file():
@@ -324,6 +329,21 @@ class AzureBlobStore:
             return
         except Exception as exc:
             raise self._wrap(exc, f"{container}/{prefix}*") from exc
+
+    def list_digests(self, container: str, prefix: str = "") -> dict[str, bytes | None]:
+        """The blobs under ``prefix`` with the MD5 the service keeps of each (``None``: none)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        found: dict[str, bytes | None] = {}
+        try:
+            for blob in self._service.get_container_client(container).list_blobs(name_starts_with=prefix or None):
+                md5 = blob.content_settings.content_md5
+                found[blob.name] = bytes(md5) if md5 else None
+        except ResourceNotFoundError:
+            return {}
+        except Exception as exc:
+            raise self._wrap(exc, f"{container}/{prefix}*") from exc
+        return found
 
     def copy(self, src_container: str, src_name: str, dst_container: str, dst_name: str) -> None:
         # Stream through a local temporary file: a server-side copy is asynchronous and

@@ -18,9 +18,11 @@ and indexing share. The file is streamed: memory is bounded by the largest activ
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -335,11 +337,15 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
     """
     doc_id, hash_ = str(doc["id"]), str(doc["hash"])
     written: set[str] = set()
+    unchanged: list[int] = [0]
     stats: list[_EntryStream] = []
     with tempfile.TemporaryDirectory(prefix="lakify-") as tmp:
         source = os.path.join(tmp, "clean.xml")
         try:
             blobs.get_to_file(settings.clean_container, f"{hash_}.xml", source)
+            # what the lake holds for the document now: unchanged blobs are not uploaded
+            # again (a republished dataset mostly repeats its activities), stale ones go
+            existing = blobs.list_digests(settings.lake_container, f"{doc_id}/")
         except BlobNotFound:
             return Outcome.failed(doc_id, "clean_missing", f"clean/{hash_}.xml does not exist", retryable=False)
         except BlobStorageError as exc:
@@ -347,7 +353,8 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
         bundle_path = os.path.join(tmp, "lake.tsv")
         try:
             with open(bundle_path, "wb") as bundle:
-                _upload_entries(_bundled(_stream(source, stats), bundle), doc_id, blobs, settings, written)
+                _upload_entries(_bundled(_stream(source, stats), bundle), doc_id, blobs, settings, written,
+                                existing, unchanged)
             bundle_name = lake_bundle_name(doc_id, hash_)
             blobs.put_file(settings.flat_container, bundle_name, bundle_path)
         except NotIatiError as exc:
@@ -360,7 +367,7 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
             return Outcome.failed(doc_id, "storage_error", f"could not store a lake blob: {exc}", retryable=True)
     try:
         # Activities of older versions must not linger (the reference never deleted them).
-        stale = [name for name in blobs.list(settings.lake_container, f"{doc_id}/") if name not in written]
+        stale = [name for name in existing if name not in written]
         if stale:
             blobs.delete(settings.lake_container, stale)
         old_bundles = [name for name in blobs.list(settings.flat_container, f"{doc_id}/")
@@ -377,6 +384,8 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
     }
     if stream.recovered_errors:
         data["recovered_errors"] = stream.recovered_errors
+    if unchanged[0]:
+        data["unchanged_blobs"] = unchanged[0]
     return Outcome.ok(doc_id, **data)
 
 
@@ -387,9 +396,13 @@ def _bundled(entries: Iterator[LakeEntry], bundle: BinaryIO) -> Iterator[LakeEnt
 
 
 def _upload_entries(
-    entries: Iterator[LakeEntry], doc_id: str, blobs: BlobStore, settings: Settings, written: set[str]
+    entries: Iterator[LakeEntry], doc_id: str, blobs: BlobStore, settings: Settings, written: set[str],
+    existing: dict[str, bytes | None] | None = None, unchanged: list[int] | None = None,
 ) -> None:
     """Upload each entry's two blobs; the first upload error is raised.
+
+    A blob whose stored MD5 (``existing``) equals the new content's is not uploaded again;
+    ``unchanged[0]`` counts them.
 
     A remote store (Azure) is I/O bound on many small blobs, so ``lake_upload_threads``
     threads upload while the file is parsed, with a bounded number of entries in flight
@@ -398,12 +411,21 @@ def _upload_entries(
     """
     container = settings.lake_container
 
+    digests = existing or {}
+    skipped = unchanged if unchanged is not None else [0]
+    count_lock = threading.Lock()
+
     def upload(entry: LakeEntry) -> None:
         xml_name, json_name = _names(doc_id, entry)
         written.add(xml_name)
         written.add(json_name)
-        blobs.put_bytes(container, xml_name, entry.xml)
-        blobs.put_bytes(container, json_name, entry.json.encode("utf-8"))
+        for name, data in ((xml_name, entry.xml), (json_name, entry.json.encode("utf-8"))):
+            stored = digests.get(name)
+            if stored is not None and stored == hashlib.md5(data, usedforsecurity=False).digest():
+                with count_lock:
+                    skipped[0] += 1
+                continue
+            blobs.put_bytes(container, name, data)
 
     workers = 0 if isinstance(blobs, LocalBlobStore) else settings.lake_upload_threads
     if workers <= 0:

@@ -22,7 +22,7 @@ deps: $(STAMP) $(SCHEMAS) $(AZURITE)
 # imports ~2x faster in every task and test process).  The package is installed without
 # build isolation so that its compiled tree walks (setup.py) are built against the very
 # lxml they run with; a C compiler and Python's headers are needed for that.
-$(STAMP): requirements.lock pyproject.toml setup.py include/iati_refresher/iati/_treewalk.pyx
+$(STAMP): requirements.lock pyproject.toml setup.py include/iati_refresher/iati/_compiled.pyx
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m uv --version >/dev/null 2>&1 || { $(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null; \
 	  $(PY) -m pip install -q "uv==0.13.9"; }

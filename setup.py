@@ -1,4 +1,4 @@
-"""Builds the compiled tree walks (include/iati_refresher/iati/_treewalk.pyx) against the
+"""Builds the compiled tree walks (include/iati_refresher/iati/_compiled.pyx) against the
 installed lxml's headers; everything else is in pyproject.toml.
 
 Built with ``--no-build-isolation`` (Makefile, Dockerfile) so that the module is compiled
@@ -13,16 +13,16 @@ from lxml import etree
 from setuptools import Extension, setup
 
 HERE = Path(__file__).parent
-BUILD_INFO = HERE / "include" / "iati_refresher" / "iati" / "_treewalk_build.pxi"
+BUILD_INFO = HERE / "include" / "iati_refresher" / "iati" / "_compiled_build.pxi"
 BUILD_INFO.write_text(
-    "# written by setup.py: the lxml and libxml2 versions _treewalk is compiled against\n"
+    "# written by setup.py: the lxml and libxml2 versions _compiled is compiled against\n"
     f"BUILT_LXML_VERSION = {etree.LXML_VERSION!r}\n"
     f"BUILT_LIBXML_VERSION = {etree.LIBXML_VERSION!r}\n"
 )
 
 extension = Extension(
-    "iati_refresher.iati._treewalk",
-    ["include/iati_refresher/iati/_treewalk.pyx"],
+    "iati_refresher.iati._compiled",
+    ["include/iati_refresher/iati/_compiled.pyx"],
     include_dirs=lxml.get_include(),
     extra_compile_args=["-O2"],
 )

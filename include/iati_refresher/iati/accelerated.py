@@ -1,7 +1,8 @@
-"""The compiled tree walks (``_treewalk.pyx``), when they are built for the installed lxml.
+"""The compiled hot paths (``_compiled.pyx``), when they are built for the installed lxml:
+tree walks for flatten and lakify, JSON helpers for lakify and index.
 
-Flatten and lakify use them when present and their own Python walks otherwise: the output
-is the same (``tests/unit/test_treewalk.py``), only slower.  A missing build is never
+The stages use them when present and their own Python code otherwise: the output
+is the same (``tests/unit/test_compiled.py``), only slower.  A missing build is never
 silent: :data:`PROBLEM` says why, the preflight task logs it, and the test suite fails on it.
 """
 
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-treewalk: ModuleType | None
+compiled: ModuleType | None
 PROBLEM: str | None
 try:
-    from iati_refresher.iati import _treewalk as treewalk
+    from iati_refresher.iati import _compiled as compiled
 except ImportError as exc:  # not compiled here, or compiled for another lxml
-    treewalk = None
-    PROBLEM = f"compiled tree walks unavailable, using the Python ones (about 2x slower): {exc}"
+    compiled = None
+    PROBLEM = f"compiled hot paths unavailable, using the Python ones (about 2x slower stages): {exc}"
 else:
     PROBLEM = None

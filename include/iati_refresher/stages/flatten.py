@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import msgspec
 from lxml import etree
 
-from iati_refresher.iati.accelerated import treewalk
+from iati_refresher.iati.accelerated import compiled
 from iati_refresher.iati.dates import is_date_field, normalise_date
 from iati_refresher.iati.encoding import sniff_encoding, utf8_view
 from iati_refresher.iati.identifiers import identifier_of
@@ -244,12 +244,12 @@ def _flatten_activity(activity: Any, dataset_fields: dict[str, str], naming: _Na
 
 
 def _compiled_flatten_activity(activity: Any, dataset_fields: dict[str, str], naming: _Naming) -> dict[str, Any]:
-    assert treewalk is not None
-    return treewalk.flatten_activity(activity, dataset_fields, naming, normalise_date, identifier_of)  # type: ignore[no-any-return]
+    assert compiled is not None
+    return compiled.flatten_activity(activity, dataset_fields, naming, normalise_date, identifier_of)  # type: ignore[no-any-return]
 
 
-#: the activity flattener: the compiled one when built (same output, tests/unit/test_treewalk.py)
-FLATTEN_ACTIVITY = _compiled_flatten_activity if treewalk is not None else _flatten_activity
+#: the activity flattener: the compiled one when built (same output, tests/unit/test_compiled.py)
+FLATTEN_ACTIVITY = _compiled_flatten_activity if compiled is not None else _flatten_activity
 
 
 def _dataset_fields(root_attrib: Any) -> dict[str, str]:

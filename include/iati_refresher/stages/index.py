@@ -41,6 +41,7 @@ from typing import Any, NamedTuple, TextIO
 
 import msgspec
 
+from iati_refresher.iati.accelerated import compiled
 from iati_refresher.iati.identifiers import lake_name, normalise_identifier, solr_activity_id
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
@@ -79,7 +80,7 @@ _JSONB_ORDERS_MAX = 50_000
 _BASE_KEYS: dict[tuple[tuple[str, ...], str], list[str]] = {}
 
 
-def jsonb_order(value: Any) -> Any:
+def _python_jsonb_order(value: Any) -> Any:
     """``value`` with every dict's keys in PostgreSQL ``jsonb`` order (recursively).
 
     jsonb stores object keys sorted by length in bytes, then bytewise.  The reference kept
@@ -93,10 +94,14 @@ def jsonb_order(value: Any) -> Any:
             order = sorted(keys, key=_jsonb_key)
             if len(_JSONB_ORDERS) < _JSONB_ORDERS_MAX:
                 _JSONB_ORDERS[keys] = order
-        return {k: v if type(v) is str else jsonb_order(v) for k in order for v in (value[k],)}
+        return {k: v if type(v) is str else _python_jsonb_order(v) for k in order for v in (value[k],)}
     if isinstance(value, list):
-        return [v if type(v) is str else jsonb_order(v) for v in value]
+        return [v if type(v) is str else _python_jsonb_order(v) for v in value]
     return value
+
+
+#: ``value`` in jsonb key order: the compiled function when built (same result, tests/unit/test_compiled.py)
+jsonb_order: Callable[[Any], Any] = compiled.jsonb_order if compiled is not None else _python_jsonb_order
 
 
 def location_latlon(pos: str) -> str | None:
@@ -208,7 +213,21 @@ def _exploded(
 
 
 class LakeLiteral(str):
-    """A lake text given as its JSON string literal (as the lake bundle stores it)."""
+    """A lake text given as its JSON string literal (as the lake bundle stores it).
+
+    ``suspect``: whether it needs cleaning before it goes to Solr, when the bundle says so
+    (``None``: not known, check the text)."""
+
+    suspect: bool | None = None
+
+    @classmethod
+    def of(cls, literal: str, suspect: bool | None) -> LakeLiteral:
+        value = cls(literal)
+        value.suspect = suspect
+        return value
+
+    def needs_cleaning(self) -> bool:
+        return needs_cleaning(self) if self.suspect is None else self.suspect
 
     def text(self) -> str:
         return str(json.loads(self))
@@ -268,7 +287,7 @@ def activity_documents(
     :param serialised: give transaction and budget documents as :class:`JsonDoc` texts (the
         same documents, serialised once per activity instead of once each) where that is safe.
     """
-    doc: dict[str, Any] = jsonb_order(dict(activity))
+    doc: dict[str, Any] = jsonb_order(activity)
     identifier = activity_identifier(activity)
     doc["iati_identifier"] = identifier
     items = {element: doc.pop(f"@{element}", None) or [] for element in EXPLODE_ELEMENTS}
@@ -288,7 +307,9 @@ def activity_documents(
     text = json.dumps(activity_doc)
     lake_chars = len(iati_xml or "") + len(iati_json or "")
     literals = [v for v in (iati_xml, iati_json) if isinstance(v, LakeLiteral)]
-    if serialised and len(literals) == 2 and not any(map(needs_cleaning, (text, *literals))):
+    if serialised and len(literals) == 2 and not needs_cleaning(text) and not any(
+        literal.needs_cleaning() for literal in literals
+    ):
         # the lake texts go into the request as the bundle stored them, never decoded
         spliced = f'{text[:-1]}, "iati_xml": {iati_xml}, "iati_json": {iati_json}}}'
         return ActivityDocuments(JsonDoc(spliced, activity_doc["id"]), exploded["transaction"], exploded["budget"],
@@ -470,8 +491,10 @@ class _BundleLake:
         if self._file is not None:
             line = self._file.readline()
             fields = line.rstrip("\n").split("\t")
-            if len(fields) == 4 and fields[1] == str(occurrence) and json.loads(fields[0]) == identifier:
-                return LakeLiteral(fields[2]), LakeLiteral(fields[3])
+            # (bundles written before the cleaning flag have four fields)
+            if len(fields) in (4, 5) and fields[1] == str(occurrence) and json.loads(fields[0]) == identifier:
+                suspect = None if len(fields) == 4 else fields[4] != "0"
+                return LakeLiteral.of(fields[2], suspect), LakeLiteral.of(fields[3], suspect)
             log.warning("index %s: the lake bundle does not match activity %r (#%d); reading the lake blobs "
                         "from here on", self._document_id, identifier, occurrence)
             self.close()

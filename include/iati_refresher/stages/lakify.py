@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, TextIO
 
 from lxml import etree
 
-from iati_refresher.iati.accelerated import treewalk
+from iati_refresher.iati.accelerated import compiled
 from iati_refresher.iati.encoding import sniff_encoding, utf8_view
 from iati_refresher.iati.identifiers import identifier_of, lake_name
 from iati_refresher.iati.xml import (
@@ -44,6 +44,7 @@ from iati_refresher.iati.xml import (
 )
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
+from iati_refresher.solr_client import needs_cleaning
 from iati_refresher.stages.flatten import (
     XML_NAMESPACE,
     NotIatiError,
@@ -188,8 +189,8 @@ def activity_json(activity: Any) -> str:
     The compiled walk writes it directly when it is built and the activity needs only the
     fast rules; :func:`nest_activity` is the definition both follow.
     """
-    if treewalk is not None:
-        text = treewalk.nest_json(activity)
+    if compiled is not None:
+        text = compiled.nest_json(activity)
         if text is not None:
             return str(text)
     return _dumps(nest_activity(activity))
@@ -312,20 +313,25 @@ def lake_bundle_name(doc_id: str, hash_: str) -> str:
 
 def bundle_line(entry: LakeEntry) -> bytes:
     """One bundle line: identifier, occurrence, the XML and the JSON as JSON string literals
-    (ASCII, so no tab or newline inside a field), tab-separated.
+    (ASCII, so no tab or newline inside a field), and ``1`` when either literal needs cleaning
+    before it goes to Solr (:func:`~iati_refresher.solr_client.needs_cleaning`) else ``0``,
+    tab-separated.
 
     Index splices the two literals into its Solr requests as they are (ASCII text keeps its
     string handling fast)."""
+    xml, xml_suspect = _literal(entry.xml)
+    text, text_suspect = _literal(entry.json.encode("utf-8"))
     head = f"{json.dumps(entry.identifier)}\t{entry.occurrence}\t".encode()
-    return b"".join((head, _literal(entry.xml), b"\t", _literal(entry.json.encode("utf-8")), b"\n"))
+    return b"".join((head, xml, b"\t", text, b"\t1\n" if xml_suspect or text_suspect else b"\t0\n"))
 
 
-def _literal(text: bytes) -> bytes:
-    if treewalk is not None:
-        literal = treewalk.json_literal(text, True)
-        if literal is not None:
-            return bytes(literal)
-    return json.dumps(text.decode("utf-8", "replace")).encode("ascii")
+def _literal(text: bytes) -> tuple[bytes, bool]:
+    if compiled is not None:
+        checked = compiled.ascii_literal_checked(text)
+        if checked is not None:
+            return bytes(checked[0]), bool(checked[1])
+    literal = json.dumps(text.decode("utf-8", "replace"))
+    return literal.encode("ascii"), needs_cleaning(literal)
 
 
 def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -> Outcome:

@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled tree walks for flatten and lakify, reading libxml2's nodes through lxml's public C API.
+"""Compiled hot paths: tree walks for flatten and lakify (libxml2's nodes read through lxml's
+public C API), JSON string literals for the lake bundle, and the jsonb key order for index.
 
-The pure-Python walks in :mod:`iati_refresher.stages.flatten` and
-:mod:`iati_refresher.stages.lakify` define the rules; these functions give the same results
+The pure-Python code in :mod:`iati_refresher.stages.flatten`, :mod:`~iati_refresher.stages.lakify`
+and :mod:`~iati_refresher.stages.index` defines the rules; these functions give the same results
 without creating a Python proxy object for every element (most of those stages' time).
-``tests/unit/test_treewalk.py`` holds the two implementations equal on every fixture.
+``tests/unit/test_compiled.py`` holds the two implementations equal on every fixture.
 
 No libxml2 function is called: only node fields are read, so the module works with the
 libxml2 that lxml links statically.  It is built against the installed lxml's headers
@@ -23,12 +24,12 @@ from lxml import etree
 
 cetree.import_lxml__etree()
 
-# The versions this module was compiled against (setup.py writes them into _treewalk_build.pxi).
-include "_treewalk_build.pxi"
+# The versions this module was compiled against (setup.py writes them into _compiled_build.pxi).
+include "_compiled_build.pxi"
 
 if etree.LXML_VERSION != BUILT_LXML_VERSION or etree.LIBXML_VERSION != BUILT_LIBXML_VERSION:
     raise ImportError(
-        f"_treewalk was built for lxml {BUILT_LXML_VERSION} / libxml2 {BUILT_LIBXML_VERSION}, "
+        f"_compiled was built for lxml {BUILT_LXML_VERSION} / libxml2 {BUILT_LIBXML_VERSION}, "
         f"found lxml {etree.LXML_VERSION} / libxml2 {etree.LIBXML_VERSION}: rebuild it (make deps)"
     )
 
@@ -536,9 +537,11 @@ cdef inline int _put_u(Buffer* b, unsigned int unit) except -1:
     return _put(b, escape, 6)
 
 
-cdef int _put_ascii_body(Buffer* b, const unsigned char* s, Py_ssize_t n) except -2:
+cdef int _put_ascii_body(Buffer* b, const unsigned char* s, Py_ssize_t n, bint* suspect) except -2:
     """The characters of a JSON string as ``json.dumps(...)`` (ASCII) writes them, from UTF-8;
-    -1 when the bytes are not valid UTF-8."""
+    -1 when the bytes are not valid UTF-8.  ``suspect`` is set when the text has what
+    ``solr_client.needs_cleaning`` looks for: a control character other than tab, newline and
+    carriage return, or a character above U+FFFF (written as a surrogate pair)."""
     cdef Py_ssize_t start = 0
     cdef Py_ssize_t i = 0
     cdef unsigned char c
@@ -564,10 +567,14 @@ cdef int _put_ascii_body(Buffer* b, const unsigned char* s, Py_ssize_t n) except
             _put(b, b"\\t", 2)
         elif c == 0x08:
             _put(b, b"\\b", 2)
+            suspect[0] = True
         elif c == 0x0c:
             _put(b, b"\\f", 2)
+            suspect[0] = True
         elif c < 0x80:
             _put_u(b, c)
+            if c < 0x20:
+                suspect[0] = True
         else:
             if 0xc2 <= c <= 0xdf:
                 code = c & 0x1f
@@ -589,6 +596,7 @@ cdef int _put_ascii_body(Buffer* b, const unsigned char* s, Py_ssize_t n) except
             if (extra == 2 and (code < 0x800 or 0xd800 <= code <= 0xdfff)) or (extra == 3 and not 0x10000 <= code <= 0x10ffff):
                 return -1
             if code >= 0x10000:
+                suspect[0] = True
                 code -= 0x10000
                 _put_u(b, 0xd800 | (code >> 10))
                 _put_u(b, 0xdc00 | (code & 0x3ff))
@@ -605,10 +613,22 @@ cdef int _put_ascii_body(Buffer* b, const unsigned char* s, Py_ssize_t n) except
 def json_literal(bytes text, bint ascii=False):
     """``json.dumps(text.decode("utf-8"), ensure_ascii=ascii).encode("utf-8")`` for UTF-8
     ``text``, in one pass over the bytes (``None``: not valid UTF-8, or a NUL byte)."""
+    result = _literal(text, ascii)
+    return None if result is None else result[0]
+
+
+def ascii_literal_checked(bytes text):
+    """(``json.dumps(text.decode("utf-8")).encode()``, whether ``needs_cleaning`` would say
+    yes of it), or ``None`` when ``text`` is not valid UTF-8."""
+    return _literal(text, True)
+
+
+cdef object _literal(bytes text, bint ascii):
     cdef Buffer b
     cdef const unsigned char* data = text
     cdef Py_ssize_t n = len(text)
     cdef Py_ssize_t i
+    cdef bint suspect = False
     b.data = NULL
     b.length = 0
     b.capacity = 0
@@ -621,11 +641,57 @@ def json_literal(bytes text, bint ascii=False):
         _grow(&b, n + n // 4 + 16)
         _put(&b, b'"', 1)
         if ascii:
-            if _put_ascii_body(&b, data, n) < 0:
+            if _put_ascii_body(&b, data, n, &suspect) < 0:
                 return None
         else:
             _put_string_body(&b, data)
         _put(&b, b'"', 1)
-        return b.data[:b.length]
+        return b.data[:b.length], suspect
     finally:
         free(b.data)
+
+
+# ---------------------------------------------------------------------------------------
+# index: PostgreSQL jsonb key order
+# ---------------------------------------------------------------------------------------
+
+cdef dict _JSONB_ORDERS = {}
+cdef Py_ssize_t _JSONB_ORDERS_MAX = 50000
+
+
+def _jsonb_key(str key):
+    raw = key.encode("utf-8")
+    return len(raw), raw
+
+
+cdef object _ordered(object value):
+    cdef dict source
+    cdef dict out
+    cdef list items
+    if type(value) is dict:
+        source = <dict>value
+        keys = tuple(source)
+        order = _JSONB_ORDERS.get(keys)
+        if order is None:
+            order = sorted(keys, key=_jsonb_key)
+            if len(_JSONB_ORDERS) < _JSONB_ORDERS_MAX:
+                _JSONB_ORDERS[keys] = order
+        out = {}
+        for key in order:
+            item = source[key]
+            out[key] = item if type(item) is str else _ordered(item)
+        return out
+    if type(value) is list:
+        items = []
+        for item in <list>value:
+            items.append(item if type(item) is str else _ordered(item))
+        return items
+    if isinstance(value, dict) or isinstance(value, list):
+        return _ordered(dict(value) if isinstance(value, dict) else list(value))
+    return value
+
+
+def jsonb_order(value):
+    """``index.jsonb_order``: every dict's keys in PostgreSQL jsonb order (length in UTF-8
+    bytes, then bytewise), recursively."""
+    return _ordered(value)

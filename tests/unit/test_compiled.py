@@ -1,7 +1,7 @@
 """The compiled tree walks give exactly what the Python walks give.
 
 Flatten and lakify define their rules in Python (``stages/flatten.py``, ``stages/lakify.py``);
-``iati/_treewalk.pyx`` computes the same from libxml2's nodes.  Each fixture is read both ways
+``iati/_compiled.pyx`` computes the same from libxml2's nodes.  Each fixture is read both ways
 and compared as text, so a difference in key order, escaping or a dropped value fails.
 """
 
@@ -20,18 +20,19 @@ from iati_refresher.iati.xml import (
     iter_root_activities,
     safe_iterparse,
 )
+from iati_refresher.solr_client import needs_cleaning
 from iati_refresher.stages import flatten, lakify
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = sorted(
-    [*(FIXTURES / "treewalk").glob("*.xml"), *(FIXTURES / "flatten").glob("*.xml"), *(FIXTURES / "lakify").glob("*.xml")]
+    [*(FIXTURES / "compiled").glob("*.xml"), *(FIXTURES / "flatten").glob("*.xml"), *(FIXTURES / "lakify").glob("*.xml")]
 )
 
 
 def test_the_compiled_walks_are_built():
     # make deps builds them; a missing build would silently halve flatten's and lakify's speed
     assert accelerated.PROBLEM is None
-    assert accelerated.treewalk is not None
+    assert accelerated.compiled is not None
 
 
 def _flattened(path: Path, activity_flattener) -> list[str]:
@@ -64,9 +65,9 @@ def _lake_texts(path: Path) -> list[tuple[str, str | None]]:
     context = safe_iterparse(str(path), events=("start", "end"), tag=(IATI_ACTIVITIES, IATI_ACTIVITY), recover=True)
     events = iter(context)
     root = activities_root(events)
-    assert accelerated.treewalk is not None
+    assert accelerated.compiled is not None
     return [
-        (json.dumps(lakify.nest_activity(activity), ensure_ascii=False), accelerated.treewalk.nest_json(activity))
+        (json.dumps(lakify.nest_activity(activity), ensure_ascii=False), accelerated.compiled.nest_json(activity))
         for activity in iter_root_activities(events, root)
     ]
 
@@ -78,7 +79,7 @@ def test_lake_json_is_the_same_compiled_or_not(path):
 
 
 def test_the_compiled_nest_hands_over_only_what_needs_the_exact_rules():
-    texts = _lake_texts(FIXTURES / "treewalk" / "edge-cases.xml")
+    texts = _lake_texts(FIXTURES / "compiled" / "edge-cases.xml")
     handed_over = [json.loads(python)["iati-activity"][0]["iati-identifier"][0]["text()"].strip()
                    for python, compiled in texts if compiled is None]
     # XM-2: comments and a PI; XM-3: an element inside one of the same tag; XM-4: 65 distinct child tags
@@ -88,9 +89,9 @@ def test_the_compiled_nest_hands_over_only_what_needs_the_exact_rules():
 
 @pytest.mark.parametrize("name", ["edge-cases.xml", "recovered.xml"])
 def test_lake_entries_are_the_same_compiled_or_not(name, monkeypatch):
-    path = FIXTURES / "treewalk" / name
+    path = FIXTURES / "compiled" / name
     compiled = list(lakify.iter_lake_entries(path))
-    monkeypatch.setattr(lakify, "treewalk", None)
+    monkeypatch.setattr(lakify, "compiled", None)
     python = list(lakify.iter_lake_entries(path))
     assert compiled
     assert compiled == python
@@ -101,23 +102,46 @@ def test_lake_entries_are_the_same_compiled_or_not(name, monkeypatch):
     ["", "plain", 'quote " and \\ backslash', "\n\r\t\b\f\x01\x1f\x7f", "é ü 漢字 😀 \u2028\u2029", "<a b=\"&amp;\"/>"],
 )
 def test_json_literal_is_json_dumps(text):
-    assert accelerated.treewalk is not None
-    assert accelerated.treewalk.json_literal(text.encode()) == json.dumps(text, ensure_ascii=False).encode()
-    assert accelerated.treewalk.json_literal(text.encode(), True) == json.dumps(text).encode()
+    assert accelerated.compiled is not None
+    assert accelerated.compiled.json_literal(text.encode()) == json.dumps(text, ensure_ascii=False).encode()
+    assert accelerated.compiled.json_literal(text.encode(), True) == json.dumps(text).encode()
 
 
 @pytest.mark.parametrize("raw", [b"\xff", b"a\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf"])
 def test_json_literal_refuses_what_is_not_utf8(raw):
-    assert accelerated.treewalk is not None
-    assert accelerated.treewalk.json_literal(raw, True) is None
+    assert accelerated.compiled is not None
+    assert accelerated.compiled.json_literal(raw, True) is None
 
 
 def test_bundle_lines_are_the_same_compiled_or_not(monkeypatch):
-    entries = list(lakify.iter_lake_entries(FIXTURES / "treewalk" / "edge-cases.xml"))
+    entries = list(lakify.iter_lake_entries(FIXTURES / "compiled" / "edge-cases.xml"))
     compiled = [lakify.bundle_line(e) for e in entries]
-    monkeypatch.setattr(lakify, "treewalk", None)
+    monkeypatch.setattr(lakify, "compiled", None)
     assert [lakify.bundle_line(e) for e in entries] == compiled
-    # a line splits into its four fields and the literals read back as the entry's texts
-    identifier, occurrence, xml, text = compiled[0].decode().rstrip("\n").split("\t")
+    # a line splits into its five fields and the literals read back as the entry's texts
+    identifier, occurrence, xml, text, _suspect = compiled[0].decode().rstrip("\n").split("\t")
     assert (json.loads(identifier), int(occurrence)) == (entries[0].identifier, entries[0].occurrence)
     assert (json.loads(xml).encode(), json.loads(text)) == (entries[0].xml, entries[0].json)
+    # the cleaning flag says what needs_cleaning says of the literals
+    for line in compiled:
+        fields = line.decode().rstrip("\n").split("\t")
+        assert fields[4] == ("1" if needs_cleaning(fields[2]) or needs_cleaning(fields[3]) else "0")
+
+
+@pytest.mark.parametrize(("text", "suspect"), [("plain é", False), ("tab\tnewline\n", False), ("bell \x07", True),
+                                              ("form \x0c", True), ("astral 😀", True), ("del \x7f", False)])
+def test_ascii_literal_flags_what_needs_cleaning(text, suspect):
+    assert accelerated.compiled is not None
+    literal, flagged = accelerated.compiled.ascii_literal_checked(text.encode())
+    assert literal == json.dumps(text).encode()
+    assert flagged is suspect is needs_cleaning(literal.decode())
+
+
+def test_jsonb_order_is_the_same_compiled_or_not():
+    from iati_refresher.stages import index
+
+    value = {"bb": "1", "a": ["x", {"zz": "", "é": "2", "y": []}], "ccc": {"b": "3", "aa": ["4"]}, "é": "5"}
+    ordered = index.jsonb_order(value)
+    assert index.jsonb_order is accelerated.compiled.jsonb_order
+    assert json.dumps(ordered) == json.dumps(index._python_jsonb_order(value))
+    assert list(ordered) == ["a", "bb", "é", "ccc"]

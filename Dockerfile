@@ -6,9 +6,12 @@ ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
 FROM ${AIRFLOW_IMAGE}
 
 USER root
-# Owned by the airflow user so that named volumes mounted there start writable.
+# Owned by the airflow user so that named volumes mounted there start writable.  A C compiler
+# builds the package's compiled hot paths (setup.py) against the lxml installed below.
 RUN mkdir -p /opt/airflow/iati-refresher /opt/airflow/auth \
- && chown -R airflow:0 /opt/airflow/iati-refresher /opt/airflow/auth
+ && chown -R airflow:0 /opt/airflow/iati-refresher /opt/airflow/auth \
+ && apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 USER airflow
 WORKDIR /opt/airflow/iati-refresher
 
@@ -22,9 +25,10 @@ RUN pip install --no-cache-dir -c requirements.lock -r requirements.txt
 # for the built-in validator, fetched and checksum-verified at build time.
 COPY --chown=airflow:0 pyproject.toml setup.py README.md* ./
 COPY --chown=airflow:0 include ./include
-# (built without isolation: the compiled tree walks must match the lxml installed above)
+# (built without isolation: the compiled hot paths must match the lxml installed above)
 RUN pip install --no-cache-dir -c requirements.lock cython setuptools \
  && pip install --no-cache-dir --no-deps --no-build-isolation . \
+ && python -c "from iati_refresher.iati.accelerated import PROBLEM; assert PROBLEM is None, PROBLEM" \
  && python -m iati_refresher.validation.fetch_schemas
 
 COPY --chown=airflow:0 migrations ./migrations

@@ -806,6 +806,42 @@ def print_side_by_side(rows: list[dict[str, Any]], baseline: dict[str, Any], siz
               f"| {row['peak_rss_mb']:.0f} / {ref['peak_rss_mb']:.0f} MB |")
 
 
+PROFILED = ("clean", "flatten", "lakify", "lakify-shm", "index-docs")
+
+
+def profile_stage(stage: str, path: Path, top: int = 14) -> None:
+    """Where one of our stages spends its time on ``path``: cProfile's functions by own time
+    (setup, such as the index stage's flatten and lakify, runs before the profiler starts)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    original = time.perf_counter
+
+    def started() -> float:  # run_stage reads the clock once its setup is done: profile from there
+        if not profiler_on[0]:
+            profiler_on[0] = True
+            profiler.enable()
+        return original()
+
+    profiler_on = [False]
+    time.perf_counter = started
+    try:
+        run_stage(stage, str(path), 0)
+    finally:
+        time.perf_counter = original
+        profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    print(f"\nprofile: {stage} on {path.name} ({stats.total_tt:.2f} s under the profiler)")  # type: ignore[attr-defined]
+    for line in lines[start:]:
+        print("  " + line.replace(str(Path(__file__).resolve().parents[1]) + "/", ""))
+
+
 def _worker(argv: list[str]) -> int:
     stage, path, activities = argv[1], argv[2], int(argv[3])
     if argv[0] == "--worker":
@@ -833,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-python", default=sys.executable, help="the Python to run the reference with")
     parser.add_argument("--reference-env", type=Path, help="KEY=VALUE lines the reference's configuration needs")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile each of our stages once (cProfile, functions by own time)")
     parser.add_argument("--solr", choices=("real", "standin"), default="real",
                         help="index into a real SolrCloud (solr/runner) or the lean stand-in of bench/e2e.py")
     args = parser.parse_args(argv)
@@ -874,6 +912,10 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; reference from {reference['src']}" if reference else ""))
         for path in files:
             rows += bench_file(path, args.repeat, stages, reference)
+        if args.profile:
+            for path in files:
+                for stage in (s for s in stages if s in PROFILED):
+                    profile_stage(stage, path)
     finally:
         if made_dir is not None:
             shutil.rmtree(made_dir, ignore_errors=True)

@@ -42,6 +42,7 @@ Trigger **iati_reprocess** with the dataset's name or id, the stage to start fro
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, TriggerRule, dag, get_current_context, task
@@ -114,7 +115,7 @@ def iati_refresh():
         changes = pipeline.registry_change_counts(sync)
         if not any(changes.values()):
             raise AirflowSkipException("no registry changes")
-        get_current_context()["outlet_events"][REGISTRY_CHANGES].extra = changes
+        get_current_context()["outlet_events"][REGISTRY_CHANGES].extra = {**changes}
         return changes
 
     @task(trigger_rule=TriggerRule.ALL_DONE)  # also when no download batch ran
@@ -133,7 +134,7 @@ def iati_refresh():
         return plan_batches()
 
     def run(stage: str, batches):
-        batch_task = {
+        batch_task: dict[str, Any] = {
             "task_id": stage,
             "pool": POOLS[stage],
             "map_index_template": "{{ batch_label }}",
@@ -149,11 +150,15 @@ def iati_refresh():
             from iati_refresher import pipeline
 
             context = get_current_context()
-            context["batch_label"] = batch["label"]
+            context["batch_label"] = batch["label"]  # type: ignore[typeddict-unknown-key]  # map_index_template
             ti = context["ti"]
-            return pipeline.run_batch(batch, run_id=context["run_id"], dag_id=ti.dag_id,
-                                      final_try=pipeline.is_final_try(ti),
-                                      task_label=f"{stage}[{ti.map_index}: {batch['label']}]")
+            return pipeline.run_batch(
+                batch,
+                run_id=context["run_id"],
+                dag_id=ti.dag_id,
+                final_try=pipeline.is_final_try(ti),
+                task_label=f"{stage}[{ti.map_index}: {batch['label']}]",
+            )
 
         return run_batch.expand(batch=batches)
 
@@ -164,8 +169,9 @@ def iati_refresh():
         ti = get_current_context()["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
         metrics.emit_pipeline_gauges()
-        return pipeline.summarise_run(ti.run_id, sync, dag_id=ti.dag_id, plans=plans, task_states=states,
-                                      page=alerts.page)
+        return pipeline.summarise_run(
+            ti.run_id, sync, dag_id=ti.dag_id, plans=plans, task_states=states, page=alerts.page
+        )
 
     checked_config = preflight()
     migrated = migrate_database()

@@ -117,14 +117,7 @@ def is_public_address(address: str | IPAddress) -> bool:
             return False
         if ip.is_site_local:
             return False
-    if (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    ):
+    if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
         return False
     return ip.is_global
 

@@ -24,6 +24,7 @@ from iati_refresher import connections, workers
 from iati_refresher.db import migrate
 from iati_refresher.db import repository as repo
 from iati_refresher.db.connection import connector, open_refresher_db
+from iati_refresher.db.types import Db
 from iati_refresher.outcomes import Outcome
 from iati_refresher.run_health import FailedBatch, RunHealth, assess
 from iati_refresher.settings import Settings, get_settings
@@ -127,17 +128,24 @@ def preflight(settings: Settings | None = None, *, executor: str | None = None) 
         return f"IATI Validator API at {base_url}" if base_url else "built-in schema validator"
 
     blob: list[BlobStoreConfig] = []
+
+    def storage() -> str:
+        blob.append(blob_config_for(settings))
+        return blob[0].describe()
+
     backends = {
         "kind": "embedded run (local defaults allowed)" if settings.embedded else "deployment",
         "executor": executor or "(default)",
-        "storage": backend(lambda: (blob.append(blob_config_for(settings)), blob[0].describe())[1]),
+        "storage": backend(storage),
         "registry": f"{settings.registry_source} at {_registry_url(settings)}",
         "validator": backend(validator),
         "index": backend(index),
-        "alerts": "Slack (slack_oncall)" if connections.get_connection(connections.SLACK) else
-                  "NOT CONFIGURED: failures are only logged (set the slack_oncall connection)",
-        "notices": "Communications Hub (iati_commshub)" if connections.get_connection(connections.COMMSHUB) else
-                   "no Communications Hub: publisher flags are announced in Slack only",
+        "alerts": "Slack (slack_oncall)"
+        if connections.get_connection(connections.SLACK)
+        else "NOT CONFIGURED: failures are only logged (set the slack_oncall connection)",
+        "notices": "Communications Hub (iati_commshub)"
+        if connections.get_connection(connections.COMMSHUB)
+        else "no Communications Hub: publisher flags are announced in Slack only",
     }
     for what, where in backends.items():
         log.info("preflight: %-9s %s", what, where)
@@ -147,7 +155,8 @@ def preflight(settings: Settings | None = None, *, executor: str | None = None) 
         raise PreflightFailed(
             f"the {', '.join(distributed)} runs tasks on several machines, but blob storage is the local directory "
             f"{blob[0].local_dir} of each one: configure the '{connections.BLOB_STORAGE}' connection (Azure Blob "
-            "Storage), or set REFRESHER_LOCAL_BLOB_DIR_SHARED=true if that directory is a mount every worker shares")
+            "Storage), or set REFRESHER_LOCAL_BLOB_DIR_SHARED=true if that directory is a mount every worker shares"
+        )
     return backends
 
 
@@ -175,8 +184,13 @@ def migrate_database(target: int | None = None, settings: Settings | None = None
 
 
 def containers(settings: Settings) -> list[str]:
-    return [settings.source_container, settings.clean_container, settings.lake_container,
-            settings.flat_container, settings.adhoc_container]
+    return [
+        settings.source_container,
+        settings.clean_container,
+        settings.lake_container,
+        settings.flat_container,
+        settings.adhoc_container,
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -202,14 +216,16 @@ def sync_registry(run_id: str | None, settings: Settings | None = None, *, force
         try:
             snapshot = source.fetch(previous_etag)
         except (RegistryInconsistent, RegistryUnavailable) as exc:
-            repo.save_registry_state(conn, source_name, etag=None, index_created=None, synced=False,
-                                     result=f"skipped: {exc}")
+            repo.save_registry_state(
+                conn, source_name, etag=None, index_created=None, synced=False, result=f"skipped: {exc}"
+            )
             conn.commit()
             log.warning("registry sync skipped: %s", exc)
             return {**SyncResult(source=source_name).counts(), "skipped_reason": str(exc)}
         if snapshot is None:
-            repo.save_registry_state(conn, source_name, etag=previous_etag, index_created=None, synced=False,
-                                     result="unchanged index (ETag)")
+            repo.save_registry_state(
+                conn, source_name, etag=previous_etag, index_created=None, synced=False, result="unchanged index (ETag)"
+            )
             conn.commit()
             return {**SyncResult(source=source_name, skipped_unchanged=True).counts()}
         with blob_store(settings) as blobs, open_solr(settings) as solr:
@@ -221,12 +237,17 @@ def sync_registry(run_id: str | None, settings: Settings | None = None, *, force
                 publisher_safety_share=settings.publisher_safety_share,
                 document_safety_share=settings.document_safety_share,
                 remove_version=lambda doc_id, old_hash: remove_version_blobs(conn, blobs, settings, doc_id, old_hash),
-                remove_dataset=lambda doc_id, hash_: remove_dataset_everywhere(conn, blobs, solr, settings, doc_id,
-                                                                               hash_),
+                remove_dataset=lambda doc_id, hash_: remove_dataset_everywhere(
+                    conn, blobs, solr, settings, doc_id, hash_
+                ),
             )
         repo.save_registry_state(
-            conn, source_name, etag=snapshot.etag, index_created=snapshot.index_created,
-            synced=result.refused is None, result=result.refused or "synced",
+            conn,
+            source_name,
+            etag=snapshot.etag,
+            index_created=snapshot.index_created,
+            synced=result.refused is None,
+            result=result.refused or "synced",
         )
         conn.commit()
     counts = result.counts()
@@ -242,15 +263,13 @@ def registry_change_counts(sync: dict[str, Any]) -> dict[str, int]:
     return {k: int(sync.get(k) or 0) for k in ("added", "updated", "removed")}
 
 
-def _shared_hash(conn: psycopg.Connection, hash_: str, doc_id: str) -> bool:
+def _shared_hash(conn: Db, hash_: str, doc_id: str) -> bool:
     shared = repo.documents_sharing_hash(conn, hash_, doc_id) > 0
     conn.rollback()
     return shared
 
 
-def remove_version_blobs(
-    conn: psycopg.Connection, blobs: BlobStore, settings: Settings, doc_id: str, hash_: str
-) -> None:
+def remove_version_blobs(conn: Db, blobs: BlobStore, settings: Settings, doc_id: str, hash_: str) -> None:
     """Delete one old version's files: source and clean (unless another dataset has the
     same content, so the same blob name) and its flattened output."""
     if hash_ and not _shared_hash(conn, hash_, doc_id):
@@ -262,7 +281,7 @@ def remove_version_blobs(
 
 
 def remove_dataset_everywhere(
-    conn: psycopg.Connection, blobs: BlobStore, solr: Any, settings: Settings, doc_id: str, hash_: str
+    conn: Db, blobs: BlobStore, solr: Any, settings: Settings, doc_id: str, hash_: str
 ) -> None:
     """A dataset left the registry: remove it from Solr, the lake and the blob containers."""
     if solr is not None:
@@ -299,20 +318,17 @@ def plan_batches(stage: str, settings: Settings | None = None) -> list[dict[str,
     with database(settings) as conn:
         docs = repo.ready_documents(conn, stage, limit=limit, safety_period_s=settings.safety_check_period_s)
         conn.rollback()
-    batches = []
+    batches: list[dict[str, Any]] = []
     for chunk in chunk_documents(docs, settings.batch_size, settings.batch_max_bytes):
         if len(batches) == settings.max_batches_per_stage:
             break  # the rest waits for the next run: the map stays far below Airflow's max_map_length
         first = chunk[0]["name"] or chunk[0]["id"]
         label = first if len(chunk) == 1 else f"{first} +{len(chunk) - 1}"
-        batches.append({"stage": stage, "ids": [d["id"] for d in chunk], "label": label,
-                        "key": f"{len(batches):04d}"})
+        batches.append({"stage": stage, "ids": [d["id"] for d in chunk], "label": label, "key": f"{len(batches):04d}"})
     return batches
 
 
-def chunk_documents(
-    docs: Sequence[dict[str, Any]], max_documents: int, max_bytes: int
-) -> list[list[dict[str, Any]]]:
+def chunk_documents(docs: Sequence[dict[str, Any]], max_documents: int, max_bytes: int) -> list[list[dict[str, Any]]]:
     """Cut ``docs`` (in order) into batches of at most ``max_documents`` documents and, where
     sizes are known (``source_bytes``), at most ``max_bytes`` bytes.
 
@@ -344,7 +360,7 @@ class ClaimKeeper:
     and only once a renewal is due (most batches end before that).
     """
 
-    def __init__(self, open_connection: Callable[[], psycopg.Connection], ids: Sequence[str], owner: str, ttl_s: int):
+    def __init__(self, open_connection: Callable[[], Db], ids: Sequence[str], owner: str, ttl_s: int):
         self.open_connection, self.ids, self.owner, self.ttl_s = open_connection, list(ids), owner, ttl_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"claims-{owner}", daemon=True)
@@ -360,7 +376,7 @@ class ClaimKeeper:
             self._thread.join(30)
 
     def _run(self) -> None:
-        conn: psycopg.Connection | None = None
+        conn: Db | None = None
         try:
             while not self._stop.wait(max(0.1, self.ttl_s / 3)):
                 try:
@@ -374,8 +390,12 @@ class ClaimKeeper:
                     conn = None
                     continue
                 if held < len(self.ids):
-                    log.warning("%s holds %d of its %d claims: the others expired and were taken",
-                                self.owner, held, len(self.ids))
+                    log.warning(
+                        "%s holds %d of its %d claims: the others expired and were taken",
+                        self.owner,
+                        held,
+                        len(self.ids),
+                    )
         finally:
             if conn is not None:
                 conn.close()
@@ -414,14 +434,21 @@ def run_batch(
     stage = batch["stage"]
     owner = batch_owner(run_id, stage, batch.get("key", ""))
     started = utcnow()
-    counts = {"documents_in": 0, "documents_ok": 0, "documents_skipped": 0, "documents_failed": 0,
-              "activities": 0, "bytes": 0}
+    counts = {
+        "documents_in": 0,
+        "documents_ok": 0,
+        "documents_skipped": 0,
+        "documents_failed": 0,
+        "activities": 0,
+        "bytes": 0,
+    }
     codes: dict[str, int] = {}
     settled: set[str] = set()
     with database(settings) as conn:
         claimed = repo.claim(conn, batch["ids"], stage, owner, settings.claim_ttl_s)
-        docs = repo.ready_documents(conn, stage, ids=claimed, owner=owner,
-                                    safety_period_s=settings.safety_check_period_s)
+        docs = repo.ready_documents(
+            conn, stage, ids=claimed, owner=owner, safety_period_s=settings.safety_check_period_s
+        )
         ready_ids = {d["id"] for d in docs}
         repo.release(conn, [i for i in claimed if i not in ready_ids], owner)
         repo.mark_started(conn, stage, docs)
@@ -458,9 +485,18 @@ def run_batch(
             with contextlib.suppress(psycopg.Error):  # the database may be what failed
                 conn.rollback()
                 repo.release(conn, [d["id"] for d in docs], owner)
-                repo.record_telemetry(conn, {"run_id": run_id, "dag_id": dag_id, "stage": stage,
-                                             "batch": batch.get("key", ""), "started_at": started,
-                                             "finished_at": utcnow(), **counts})
+                repo.record_telemetry(
+                    conn,
+                    {
+                        "run_id": run_id,
+                        "dag_id": dag_id,
+                        "stage": stage,
+                        "batch": batch.get("key", ""),
+                        "started_at": started,
+                        "finished_at": utcnow(),
+                        **counts,
+                    },
+                )
                 conn.commit()
     log.info("%s batch %s: %s %s", stage, batch.get("label"), counts, codes or "")
     return {**counts, "stage": stage, "key": batch.get("key", ""), "codes": codes}
@@ -481,10 +517,22 @@ def _record_batch_failure(
     try:
         with database(settings) as conn:
             repo.record_outcomes(
-                conn, stage,
-                [{"document_id": d["id"], "hash": d["hash"], "status": "failed", "code": "batch_failed",
-                  "message": message, "retryable": True} for d in docs],
-                run_id=run_id, max_attempts=settings.max_attempts, base_delay_s=settings.retry_base_delay_s,
+                conn,
+                stage,
+                [
+                    {
+                        "document_id": d["id"],
+                        "hash": d["hash"],
+                        "status": "failed",
+                        "code": "batch_failed",
+                        "message": message,
+                        "retryable": True,
+                    }
+                    for d in docs
+                ],
+                run_id=run_id,
+                max_attempts=settings.max_attempts,
+                base_delay_s=settings.retry_base_delay_s,
                 max_delay_s=settings.retry_max_delay_s,
             )
             conn.commit()
@@ -495,7 +543,11 @@ def _record_batch_failure(
 
 
 def record_lost_batches(
-    failed: Sequence[FailedBatch], *, run_id: str, dag_id: str, settings: Settings | None = None,
+    failed: Sequence[FailedBatch],
+    *,
+    run_id: str,
+    dag_id: str,
+    settings: Settings | None = None,
     log_url: Callable[[FailedBatch], str] | None = None,
 ) -> dict[str, int]:
     """The summary's backstop: documents of batch tasks that failed without recording it
@@ -506,8 +558,14 @@ def record_lost_batches(
     with database(settings) as conn:
         for batch in failed:
             owner = batch_owner(run_id, batch.stage, batch.key)
-            docs = repo.unsettled_documents(conn, batch.stage, list(batch.ids), run_id=run_id, owner=owner,
-                                            safety_period_s=settings.safety_check_period_s)
+            docs = repo.unsettled_documents(
+                conn,
+                batch.stage,
+                list(batch.ids),
+                run_id=run_id,
+                owner=owner,
+                safety_period_s=settings.safety_check_period_s,
+            )
             conn.rollback()
             where = f" (log: {log_url(batch)})" if log_url else ""
             if batch.state == "failed":
@@ -518,21 +576,32 @@ def record_lost_batches(
             repo.release(conn, list(batch.ids), owner)
             if n:
                 now = utcnow()
-                repo.record_telemetry(conn, {"run_id": run_id, "dag_id": dag_id, "stage": batch.stage,
-                                             "batch": batch.key, "started_at": now, "finished_at": now,
-                                             "documents_in": n, "documents_failed": n})
+                repo.record_telemetry(
+                    conn,
+                    {
+                        "run_id": run_id,
+                        "dag_id": dag_id,
+                        "stage": batch.stage,
+                        "batch": batch.key,
+                        "started_at": now,
+                        "finished_at": now,
+                        "documents_in": n,
+                        "documents_failed": n,
+                    },
+                )
             conn.commit()
             recorded[batch.task] = n
     return recorded
 
 
-def _prepare(conn: psycopg.Connection, stage: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _prepare(conn: Db, stage: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add what the workers need from the database, and settle what needs no worker."""
     prepared = []
     # One query per batch, not per document.
     previous_reports = (
         repo.latest_reports_for_hashes(conn, [d["hash"] for d in docs if not d["regenerate_validation_report"]])
-        if stage == "validate" else {}
+        if stage == "validate"
+        else {}
     )
     reports = repo.validation_reports(conn, [d["validation"] for d in docs]) if stage == "clean" else {}
     conn.rollback()
@@ -544,10 +613,23 @@ def _prepare(conn: psycopg.Connection, stage: str, docs: list[dict[str, Any]]) -
             if previous is not None and (doc["file_schema_valid"] is not None or previous["valid"]):
                 schema_valid = True if previous["valid"] else doc["file_schema_valid"]
                 repo.reuse_validation(conn, doc, previous["id"], schema_valid)
-                repo.record_outcomes(conn, stage, [{"document_id": doc["id"], "hash": doc["hash"], "status": "ok",
-                                                    "code": "report_reused",
-                                                    "message": f"report {previous['id']} for identical content"}],
-                                     run_id=None, max_attempts=1, base_delay_s=0, max_delay_s=0)
+                repo.record_outcomes(
+                    conn,
+                    stage,
+                    [
+                        {
+                            "document_id": doc["id"],
+                            "hash": doc["hash"],
+                            "status": "ok",
+                            "code": "report_reused",
+                            "message": f"report {previous['id']} for identical content",
+                        }
+                    ],
+                    run_id=None,
+                    max_attempts=1,
+                    base_delay_s=0,
+                    max_delay_s=0,
+                )
                 conn.commit()
                 continue
         if stage == "clean":
@@ -603,7 +685,7 @@ EXCLUDES_FROM_DATASTORE = {
 }
 
 
-def withdraw_old_version(conn: psycopg.Connection, doc: dict[str, Any], settings: Settings) -> None:
+def withdraw_old_version(conn: Db, doc: dict[str, Any], settings: Settings) -> None:
     """Remove a dataset's older version from Solr once its current version is excluded.
 
     The database forgets the indexed version first; if Solr cannot be reached now, the
@@ -643,28 +725,37 @@ def remove_from_index(ids: Sequence[str], settings: Settings | None = None) -> i
     return removed
 
 
-def _apply(
-    conn: psycopg.Connection, stage: str, doc: dict[str, Any], outcome: Outcome, settings: Settings, run_id: str
-) -> None:
+def _apply(conn: Db, stage: str, doc: dict[str, Any], outcome: Outcome, settings: Settings, run_id: str) -> None:
     """Write one outcome: the reference's columns first, then our stage record."""
     data = outcome.data
     ok = outcome.status == "ok"
     if stage == "download":
-        repo.finish_download(conn, [{
-            "id": doc["id"], "hash": doc["hash"], "ok": ok,
-            "download_error": data.get("download_error"),
-            "etag": data.get("etag"), "last_modified": data.get("last_modified"),
-            "bytes": data.get("bytes"), "encoding": data.get("encoding"),
-        }])
+        repo.finish_download(
+            conn,
+            [
+                {
+                    "id": doc["id"],
+                    "hash": doc["hash"],
+                    "ok": ok,
+                    "download_error": data.get("download_error"),
+                    "etag": data.get("etag"),
+                    "last_modified": data.get("last_modified"),
+                    "bytes": data.get("bytes"),
+                    "encoding": data.get("encoding"),
+                }
+            ],
+        )
     elif stage == "validate":
         if outcome.code == "source_missing":
             repo.mark_not_downloaded(conn, doc["id"], doc["hash"])
         elif data.get("report") is not None:
-            repo.save_validation(conn, doc, data["report"], api_error=data.get("api_error"),
-                                 schema_valid=data.get("schema_valid"))
+            repo.save_validation(
+                conn, doc, data["report"], api_error=data.get("api_error"), schema_valid=data.get("schema_valid")
+            )
         else:
-            repo.set_schema_result(conn, doc["id"], doc["hash"], valid=data.get("schema_valid"),
-                                   api_error=data.get("api_error"))
+            repo.set_schema_result(
+                conn, doc["id"], doc["hash"], valid=data.get("schema_valid"), api_error=data.get("api_error")
+            )
     elif stage == "clean":
         if outcome.code == "source_missing":
             repo.mark_not_downloaded(conn, doc["id"], doc["hash"])
@@ -681,18 +772,34 @@ def _apply(
     elif stage == "index":
         if outcome.code == "lake_missing":
             repo.reset_lakify(conn, doc["id"], doc["hash"])
-        repo.finish_index(conn, doc, ok=ok, error=None if ok else f"{outcome.code}: {outcome.message}",
-                          activities=data.get("activities"))
+        repo.finish_index(
+            conn,
+            doc,
+            ok=ok,
+            error=None if ok else f"{outcome.code}: {outcome.message}",
+            activities=data.get("activities"),
+        )
     if outcome.status == "skipped" and (stage, outcome.code) in EXCLUDES_FROM_DATASTORE:
         withdraw_old_version(conn, doc, settings)
     # A vanished source file was queued for download again just above: the stage must run
     # again once the file is back, not stay parked.
     retryable = outcome.retryable or outcome.code == "source_missing"
     repo.record_outcomes(
-        conn, stage,
-        [{"document_id": doc["id"], "hash": doc["hash"], "status": outcome.status, "code": outcome.code,
-          "message": outcome.message, "retryable": retryable}],
-        run_id=run_id, max_attempts=settings.max_attempts, base_delay_s=settings.retry_base_delay_s,
+        conn,
+        stage,
+        [
+            {
+                "document_id": doc["id"],
+                "hash": doc["hash"],
+                "status": outcome.status,
+                "code": outcome.code,
+                "message": outcome.message,
+                "retryable": retryable,
+            }
+        ],
+        run_id=run_id,
+        max_attempts=settings.max_attempts,
+        base_delay_s=settings.retry_base_delay_s,
         max_delay_s=settings.retry_max_delay_s,
     )
     # A reindex / regenerate request that ended for good is answered: it must not revive
@@ -717,6 +824,7 @@ def safety_check(
         queue = notify.unflag_queue_for(settings)
         unflagged: list[str] = []
         if queue is not None:
+
             def unflag(org_id: str) -> list[str]:
                 org_ids = repo.unflag_publisher(conn, org_id)
                 conn.commit()
@@ -770,16 +878,17 @@ def summarise_run(
     database is away), it pages that before failing: the DAG callback leaves it to us.
     """
     try:
-        return _summarise_run(run_id, sync, settings, dag_id=dag_id, plans=plans, task_states=task_states,
-                              page=page)
+        return _summarise_run(run_id, sync, settings, dag_id=dag_id, plans=plans, task_states=task_states, page=page)
     except RunUnhealthy:
         raise
     except Exception as exc:
         if page is not None:
             from iati_refresher.alerts import task_log_url
 
-            page(f":red_circle: *{dag_id}* run `{run_id}` failed: the summary could not assess it "
-                 f"({_exception_text(exc)}) <{task_log_url(dag_id, run_id, 'summary')}|View log>")
+            page(
+                f":red_circle: *{dag_id}* run `{run_id}` failed: the summary could not assess it "
+                f"({_exception_text(exc)}) <{task_log_url(dag_id, run_id, 'summary')}|View log>"
+            )
         raise
 
 
@@ -801,44 +910,62 @@ def _summarise_run(
     def log_url(batch: FailedBatch) -> str:
         return task_log_url(dag_id, run_id, batch.stage, batch.map_index)
 
-    lost = record_lost_batches(health.failed_batches, run_id=run_id, dag_id=dag_id, settings=settings,
-                               log_url=log_url) if health.failed_batches else {}
+    lost = (
+        record_lost_batches(health.failed_batches, run_id=run_id, dag_id=dag_id, settings=settings, log_url=log_url)
+        if health.failed_batches
+        else {}
+    )
     with database(settings) as conn:
         stages = {r["stage"]: r for r in repo.run_summary(conn, run_id)}
         backlog = repo.stage_backlogs(conn, safety_period_s=settings.safety_check_period_s)
         parked = repo.parked_counts(conn)
         conn.rollback()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for stage in STAGES:
         r = stages.get(stage)
         note = stage_available(stage, settings) or ""
-        ok, skipped, failed = (int(r[k]) if r else 0 for k in ("documents_ok", "documents_skipped",
-                                                                 "documents_failed"))
-        rows.append({
-            "stage": stage,
-            "documents": ok + skipped + failed,
-            "ok": ok,
-            "skipped": skipped,
-            "failed": failed,
-            "activities": int(r["activities"]) if r else 0,
-            "seconds": round(float(r["duration_s"] or 0), 1) if r else 0.0,
-            "backlog": backlog.get(stage, 0),
-            "note": note,
-        })
+        ok, skipped, failed = (int(r[k]) if r else 0 for k in ("documents_ok", "documents_skipped", "documents_failed"))
+        rows.append(
+            {
+                "stage": stage,
+                "documents": ok + skipped + failed,
+                "ok": ok,
+                "skipped": skipped,
+                "failed": failed,
+                "activities": int(r["activities"]) if r else 0,
+                "seconds": round(float(r["duration_s"] or 0), 1) if r else 0.0,
+                "backlog": backlog.get(stage, 0),
+                "note": note,
+            }
+        )
     processed = sum(r["documents"] for r in rows)
     failed = sum(r["failed"] for r in rows)
     summary: dict[str, Any] = {
-        "run_id": run_id, "sync": sync or {}, "stages": rows, "parked": [dict(p) for p in parked],
-        "processed": processed, "failed": failed,
-        "failed_batches": [{"task": b.task, "state": b.state, "documents": len(b.ids), "log": log_url(b),
-                            "recorded_now": lost.get(b.task, 0)} for b in health.failed_batches],
+        "run_id": run_id,
+        "sync": sync or {},
+        "stages": rows,
+        "parked": [dict(p) for p in parked],
+        "processed": processed,
+        "failed": failed,
+        "failed_batches": [
+            {
+                "task": b.task,
+                "state": b.state,
+                "documents": len(b.ids),
+                "log": log_url(b),
+                "recorded_now": lost.get(b.task, 0),
+            }
+            for b in health.failed_batches
+        ],
     }
     problems = [*health.task_problems, *health.stage_problems]
     if sync and sync.get("refused"):
         problems.append(f"registry sync {sync['refused']}")
     if failed >= settings.run_failure_min_count and failed > settings.run_failure_share * max(processed, 1):
-        problems.append(f"{failed} of {processed} document stages failed (threshold "
-                        f"{settings.run_failure_share:.0%} and at least {settings.run_failure_min_count})")
+        problems.append(
+            f"{failed} of {processed} document stages failed (threshold "
+            f"{settings.run_failure_share:.0%} and at least {settings.run_failure_min_count})"
+        )
     summary["problems"] = problems
     log.info("run summary\n%s", format_summary(summary))
     if page is not None and (problems or health.failed_batches):
@@ -860,8 +987,10 @@ def run_alert_text(dag_id: str, run_id: str, summary: dict[str, Any]) -> str:
         lines = [f":warning: *{dag_id}* run `{run_id}`: some batch tasks failed after their retries"]
     for batch in summary.get("failed_batches") or []:
         verb = "failed after its retries" if batch["state"] == "failed" else f"did not run ({batch['state']})"
-        lines.append(f"- *{dag_id}.{batch['task']}* {verb}; its {batch['documents']} documents are recorded "
-                     f"as failed (batch_failed) <{batch['log']}|View log>")
+        lines.append(
+            f"- *{dag_id}.{batch['task']}* {verb}; its {batch['documents']} documents are recorded "
+            f"as failed (batch_failed) <{batch['log']}|View log>"
+        )
     lines.append(f"Summary: <{task_log_url(dag_id, run_id, 'summary')}|View log>")
     return "\n".join(lines)
 
@@ -886,11 +1015,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"FAILED    {batch['task']}: {batch['state']} ({batch['documents']} documents) {batch['log']}")
     for problem in summary.get("problems") or []:
         lines.append(f"PROBLEM   {problem}")
-    lines.append(f"{'stage':9} {'docs':>5} {'ok':>5} {'skip':>5} {'fail':>5} {'activities':>10} "
-                 f"{'seconds':>8} {'backlog':>7}")
+    lines.append(
+        f"{'stage':9} {'docs':>5} {'ok':>5} {'skip':>5} {'fail':>5} {'activities':>10} {'seconds':>8} {'backlog':>7}"
+    )
     for r in summary["stages"]:
-        lines.append(f"{r['stage']:9} {r['documents']:>5} {r['ok']:>5} {r['skipped']:>5} {r['failed']:>5} "
-                     f"{r['activities']:>10} {r['seconds']:>8} {r['backlog']:>7}  {r['note']}")
+        lines.append(
+            f"{r['stage']:9} {r['documents']:>5} {r['ok']:>5} {r['skipped']:>5} {r['failed']:>5} "
+            f"{r['activities']:>10} {r['seconds']:>8} {r['backlog']:>7}  {r['note']}"
+        )
     for p in summary.get("parked", []):
         lines.append(f"parked    {p['stage']}/{p['outcome']}/{p['code']}: {p['n']}")
     return "\n".join(lines)
@@ -932,12 +1064,20 @@ def process_selection(
         if stage_available(stage, settings):
             continue
         with database(settings) as conn:
-            ready = [d["id"] for d in repo.ready_documents(conn, stage, ids=list(ids),
-                                                           safety_period_s=settings.safety_check_period_s)]
+            ready = [
+                d["id"]
+                for d in repo.ready_documents(
+                    conn, stage, ids=list(ids), safety_period_s=settings.safety_check_period_s
+                )
+            ]
             conn.rollback()
         for start in range(0, len(ready), settings.batch_size):
-            batch = {"stage": stage, "ids": ready[start : start + settings.batch_size], "label": "reprocess",
-                     "key": f"reprocess-{start // settings.batch_size:04d}"}
+            batch = {
+                "stage": stage,
+                "ids": ready[start : start + settings.batch_size],
+                "label": "reprocess",
+                "key": f"reprocess-{start // settings.batch_size:04d}",
+            }
             results.append(run_batch(batch, run_id=run_id, dag_id=dag_id, settings=settings))
     return results
 
@@ -948,8 +1088,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return value, time.monotonic() - t0
 
 
-def reprocess_preview(ids: Sequence[str], from_stage: str, *, force_redownload: bool,
-                      settings: Settings | None = None) -> list[dict[str, Any]]:
+def reprocess_preview(
+    ids: Sequence[str], from_stage: str, *, force_redownload: bool, settings: Settings | None = None
+) -> list[dict[str, Any]]:
     stage = "download" if force_redownload else from_stage
     with database(settings) as conn:
         rows = repo.reset_preview(conn, ids, stage)
@@ -970,8 +1111,13 @@ def adhoc_source(url: str | None, blob: str | None) -> dict[str, str]:
 
 
 def save_adhoc_validation(
-    result: dict[str, Any], *, filename: str | None, guid: str | None, session_id: str | None,
-    user_email: str | None, settings: Settings | None = None,
+    result: dict[str, Any],
+    *,
+    filename: str | None,
+    guid: str | None,
+    session_id: str | None,
+    user_email: str | None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Store an :class:`~iati_refresher.operators.IatiValidatorOperator` result in
     ``adhoc_validation`` as validator-services reads it.  Returns the row id and outcome."""
@@ -1010,8 +1156,9 @@ def reconcile_solr(settings: Settings | None = None) -> dict[str, Any]:
         return reconcile(solr, expected, settings)
 
 
-def orphaned_blobs(settings: Settings | None = None, *, chunk: int = 1000, max_chunks: int = 50
-                   ) -> list[dict[str, Any]]:
+def orphaned_blobs(
+    settings: Settings | None = None, *, chunk: int = 1000, max_chunks: int = 50
+) -> list[dict[str, Any]]:
     """The blobs no document needs — source/clean files of hashes no document has, lake and
     flat blobs of datasets that left the registry, flat files of older versions — as
     ``{"container", "names"}`` chunks for :class:`~iati_refresher.operators.RefresherBlobOperator`
@@ -1030,7 +1177,7 @@ def orphaned_blobs(settings: Settings | None = None, *, chunk: int = 1000, max_c
     def add(container: str, names: list[str]) -> None:
         for start in range(0, len(names), chunk):
             if len(found) < max_chunks:
-                found.append({"container": container, "names": names[start:start + chunk]})
+                found.append({"container": container, "names": names[start : start + chunk]})
 
     with blob_store(settings) as blobs:
         for container in (settings.source_container, settings.clean_container):
@@ -1054,6 +1201,7 @@ def reconcile_blobs(settings: Settings | None = None) -> dict[str, int]:
     counts: dict[str, int] = {}
     with blob_store(settings) as blobs:
         for part in orphaned_blobs(settings, max_chunks=10**9):
-            counts[part["container"]] = counts.get(part["container"], 0) + blobs.delete(part["container"],
-                                                                                         part["names"])
+            counts[part["container"]] = counts.get(part["container"], 0) + blobs.delete(
+                part["container"], part["names"]
+            )
     return counts

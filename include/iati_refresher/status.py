@@ -23,9 +23,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-
 from iati_refresher.db import repository as repo
+from iati_refresher.db.types import Db
 from iati_refresher.settings import Settings, get_settings
 
 STATES = repo.DOCUMENT_STATES
@@ -40,8 +39,10 @@ STATE_LABELS = {
     "parked": "Parked",
 }
 AVAILABILITY = ("Yes", "Partial", "Old version", "No", "Pending", "Indexing not configured", "N/A")
-NOT_INDEXED_HERE = ("indexing is not configured in this deployment (no 'solr' connection): the activities are "
-                    "in the activity lake, but nothing is searchable")
+NOT_INDEXED_HERE = (
+    "indexing is not configured in this deployment (no 'solr' connection): the activities are "
+    "in the activity lake, but nothing is searchable"
+)
 STAGE_WORDS = {
     "download": "download",
     "validate": "validation",
@@ -53,11 +54,23 @@ STAGE_WORDS = {
 SUPPORTED_VERSIONS = ("2.01", "2.02", "2.03")
 # The reference's error columns, in pipeline order (other IATI services read them).
 ERROR_COLUMNS = (
-    "download_error", "validation_api_error", "clean_error", "flatten_api_error", "lakify_error", "solr_api_error",
+    "download_error",
+    "validation_api_error",
+    "clean_error",
+    "flatten_api_error",
+    "lakify_error",
+    "solr_api_error",
 )
 TIMESTAMP_COLUMNS = (
-    "first_seen", "modified", "downloaded", "validated", "clean_end", "flatten_end", "lakify_end",
-    "solrize_end", "last_solrize_end",
+    "first_seen",
+    "modified",
+    "downloaded",
+    "validated",
+    "clean_end",
+    "flatten_end",
+    "lakify_end",
+    "solrize_end",
+    "last_solrize_end",
 )
 TIMESTAMP_LABELS = {
     "first_seen": "first seen",
@@ -77,7 +90,7 @@ TIMESTAMP_LABELS = {
 # ---------------------------------------------------------------------------------------
 
 
-def dataset_status(conn: psycopg.Connection, key: str, *, settings: Settings | None = None) -> list[dict[str, Any]]:
+def dataset_status(conn: Db, key: str, *, settings: Settings | None = None) -> list[dict[str, Any]]:
     """The status of the dataset(s) whose id or name is ``key`` (usually one; none if unknown).
 
     :param conn: an open refresher database connection (dict rows).
@@ -90,7 +103,7 @@ def dataset_status(conn: psycopg.Connection, key: str, *, settings: Settings | N
 
 
 def list_datasets(
-    conn: psycopg.Connection,
+    conn: Db,
     *,
     publisher: str | None = None,
     state: str | None = None,
@@ -109,14 +122,21 @@ def list_datasets(
     """
     settings = settings or get_settings()
     rows = repo.document_status_rows(
-        conn, publisher=publisher, state=state, query=query, limit=limit, offset=offset,
+        conn,
+        publisher=publisher,
+        state=state,
+        query=query,
+        limit=limit,
+        offset=offset,
         safety_period_s=settings.safety_check_period_s,
     )
     total = int(rows[0]["total"]) if rows else 0
     if not rows and offset:
         # Past the last page: still report how many there are.
-        total = sum(repo.document_state_counts(conn, publisher=publisher, query=query)[s]
-                    for s in ([state] if state else STATES))
+        total = sum(
+            repo.document_state_counts(conn, publisher=publisher, query=query)[s]
+            for s in ([state] if state else STATES)
+        )
     return {"total": total, "limit": limit, "offset": offset, "items": [explain(r, settings) for r in rows]}
 
 
@@ -157,8 +177,11 @@ def explain(row: dict[str, Any], settings: Settings | None = None, *, indexing: 
     report = _report_facts(row)
     reasons = _reasons(row, report, stages, settings)
     availability = _availability(row, report)
-    if availability == "Pending" and row["state"] == "lakified" and not (
-            index_configured() if indexing is None else indexing):
+    if (
+        availability == "Pending"
+        and row["state"] == "lakified"
+        and not (index_configured() if indexing is None else indexing)
+    ):
         availability = "Indexing not configured"
         reasons = [NOT_INDEXED_HERE, *reasons]
     return {
@@ -460,8 +483,9 @@ def format_status(row: dict[str, Any]) -> str:
     if row.get("publisher") and row.get("publisher") != row.get("publisher_name"):
         publisher += f" (org id {row['publisher']})"
     lines.append(f"{'publisher':12} {publisher}")
-    state = row["state_label"] + (f" at {STAGE_WORDS.get(row['parked_stage'], row['parked_stage'])}"
-                                  if row.get("parked_stage") else "")
+    state = row["state_label"] + (
+        f" at {STAGE_WORDS.get(row['parked_stage'], row['parked_stage'])}" if row.get("parked_stage") else ""
+    )
     lines.append(f"{'state':12} {state}; in the datastore: {row['availability']}")
     for i, reason in enumerate(row["reasons"] or ["nothing to report"]):
         lines.append(f"{'why' if i == 0 else '':12} {reason}")
@@ -469,8 +493,10 @@ def format_status(row: dict[str, Any]) -> str:
     if report:
         counts = ", ".join(f"{k} {v}" for k, v in report["summary"].items())
         kind = report["file_type"] or "unknown type"
-        lines.append(f"{'report':12} {'valid' if report['valid'] else 'invalid'} {kind} "
-                     f"{report['iati_version'] or ''}".rstrip() + (f"; {counts}" if counts else ""))
+        lines.append(
+            f"{'report':12} {'valid' if report['valid'] else 'invalid'} {kind} {report['iati_version'] or ''}".rstrip()
+            + (f"; {counts}" if counts else "")
+        )
     acts = row["activities"]
     known = {k: v for k, v in acts.items() if v is not None}
     if known:
@@ -479,8 +505,10 @@ def format_status(row: dict[str, Any]) -> str:
         lines.append(f"{'errors':12} " + ", ".join(f"{k}={v}" for k, v in row["errors"].items()))
     last = row.get("last_error")
     if last:
-        text = (f"{last['stage']} {last['outcome']} {last['code'] or ''}: {last['message'] or ''} "
-                f"({_attempts(last['attempts'] or 0)}")
+        text = (
+            f"{last['stage']} {last['outcome']} {last['code'] or ''}: {last['message'] or ''} "
+            f"({_attempts(last['attempts'] or 0)}"
+        )
         if last["next_attempt_at"]:
             text += f"; next try after {_when(last['next_attempt_at'])}"
         lines.append(f"{'last error':12} {text})")

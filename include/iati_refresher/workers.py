@@ -67,7 +67,8 @@ def _blobs(settings: Settings) -> BlobStore:
 def close_clients() -> None:
     """Close the clients this process kept."""
     with _CLIENTS_LOCK:
-        clients, _ = list(_CLIENTS.values()), _CLIENTS.clear()
+        clients = list(_CLIENTS.values())
+        _CLIENTS.clear()
     for client in clients:
         close = getattr(client, "close", None)
         if close is not None:
@@ -113,8 +114,9 @@ def validate(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
             try:
                 _blobs(settings).get_to_file(settings.source_container, f"{doc['hash']}.xml", path)
             except BlobNotFound:
-                return Outcome.failed(doc["id"], "source_missing", "the downloaded file is missing from storage",
-                                      retryable=False)
+                return Outcome.failed(
+                    doc["id"], "source_missing", "the downloaded file is missing from storage", retryable=False
+                )
             return stage.validate_document(
                 doc, path, _validator(settings, validator_for), settings, now=datetime.now(UTC).replace(tzinfo=None)
             )

@@ -61,12 +61,13 @@ def run_dag(dagbag) -> Callable[..., Any]:
         dag = dagbag.dags[dag_id]
         dag_run = dag.test(run_conf=conf) if conf is not None else dag.test()
         with create_session() as session:
-            tis = session.query(TaskInstance).filter(
-                TaskInstance.dag_id == dag_id, TaskInstance.run_id == dag_run.run_id
-            ).all()
+            tis = (
+                session.query(TaskInstance)
+                .filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == dag_run.run_id)
+                .all()
+            )
             states = {
-                (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state)
-                for ti in tis
+                (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state) for ti in tis
             }
         return dag_run, states
 

@@ -67,8 +67,16 @@ FAST_SETTINGS = {
 class World:
     """The services of one pipeline under test, and ways to look at what it did."""
 
-    def __init__(self, tag: str, dbname: str, registry: RegistryStandIn, validator: ValidatorStandin,
-                 solr: SolrStandin, slack: SlackWebhookServer, azurite: services.Azurite):
+    def __init__(
+        self,
+        tag: str,
+        dbname: str,
+        registry: RegistryStandIn,
+        validator: ValidatorStandin,
+        solr: SolrStandin,
+        slack: SlackWebhookServer,
+        azurite: services.Azurite,
+    ):
         self.tag = tag
         self.dbname = dbname
         self.conninfo = services.conninfo(dbname)
@@ -85,14 +93,20 @@ class World:
             **FAST_SETTINGS,
             "AIRFLOW_CONN_REFRESHER_DB": db_uri_with_password(self.dbname),
             "AIRFLOW_CONN_IATI_REGISTRY": self.registry.url,
-            "AIRFLOW_CONN_IATI_VALIDATOR": json.dumps({
-                "conn_type": "iati_validator", "host": self.validator.url,
-                "extra": {"key_name": self.validator.key_name, "key": VALIDATOR_KEY}}),
-            "AIRFLOW_CONN_SOLR": json.dumps({"conn_type": "iati_solr", "host": self.solr.base_url,
-                                             "login": SOLR_USER, "password": SOLR_PASSWORD}),
+            "AIRFLOW_CONN_IATI_VALIDATOR": json.dumps(
+                {
+                    "conn_type": "iati_validator",
+                    "host": self.validator.url,
+                    "extra": {"key_name": self.validator.key_name, "key": VALIDATOR_KEY},
+                }
+            ),
+            "AIRFLOW_CONN_SOLR": json.dumps(
+                {"conn_type": "iati_solr", "host": self.solr.base_url, "login": SOLR_USER, "password": SOLR_PASSWORD}
+            ),
             "AIRFLOW_CONN_SLACK_ONCALL": self.slack.connection_json(SLACK_TOKEN),
-            "AIRFLOW_CONN_REFRESHER_BLOB": json.dumps({
-                "conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}),
+            "AIRFLOW_CONN_REFRESHER_BLOB": json.dumps(
+                {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}
+            ),
         }
         env.update({f"REFRESHER_{role.upper()}_CONTAINER": name for role, name in self.containers.items()})
         return env
@@ -120,9 +134,13 @@ class World:
         self.publish("d-cp1252", "org-b-cp1252", ORG_B, (SAMPLE / "riverbend-sanitation-cp1252.xml").read_bytes())
         self.publish("d-es", "org-b-es", ORG_B, (SAMPLE / "condor-verde-actividades.xml").read_bytes())
         self.publish("d-org", "org-b-org", ORG_B, (SAMPLE / "condor-verde-organisation.xml").read_bytes())
-        self.publish("d-stall", "org-a-stall", ORG_A,
-                     hostile.utf8(hostile.activity("XX-HOSTILE-STALL-1"), hostile.activity("XX-HOSTILE-STALL-2")),
-                     route="/stall")
+        self.publish(
+            "d-stall",
+            "org-a-stall",
+            ORG_A,
+            hostile.utf8(hostile.activity("XX-HOSTILE-STALL-1"), hostile.activity("XX-HOSTILE-STALL-2")),
+            route="/stall",
+        )
         self.serve()
 
     # --- looking at the results -----------------------------------------------------------------
@@ -191,8 +209,12 @@ def db_uri_with_password(dbname: str) -> str:
 @contextlib.contextmanager
 def open_world(tag: str, dbname: str, azurite: services.Azurite, mp: pytest.MonkeyPatch) -> Iterator[World]:
     """Start the stand-ins, set the environment (through ``mp``) and create the containers."""
-    with RegistryStandIn() as registry, ValidatorStandin(key=VALIDATOR_KEY) as validator, \
-            SolrStandin(auth=(SOLR_USER, SOLR_PASSWORD)) as solr, SlackWebhookServer() as slack:
+    with (
+        RegistryStandIn() as registry,
+        ValidatorStandin(key=VALIDATOR_KEY) as validator,
+        SolrStandin(auth=(SOLR_USER, SOLR_PASSWORD)) as solr,
+        SlackWebhookServer() as slack,
+    ):
         world = World(tag, dbname, registry, validator, solr, slack, azurite)
         for key, value in world.environment().items():
             mp.setenv(key, value)
@@ -248,9 +270,11 @@ def run_dag(dagbag: Any, dag_id: str, conf: dict[str, Any] | None = None) -> tup
     with quick_dag_test(dag):
         dag_run = dag.test(run_conf=conf) if conf is not None else dag.test()
     with create_session() as session:
-        tis = session.query(TaskInstance).filter(
-            TaskInstance.dag_id == dag_id, TaskInstance.run_id == dag_run.run_id
-        ).all()
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == dag_run.run_id)
+            .all()
+        )
         names = {ti: ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]" for ti in tis}
         states = {names[ti]: str(ti.state) for ti in tis}
         tries = {names[ti]: int(ti.try_number) for ti in tis}
@@ -284,7 +308,9 @@ def reference_digest(pg_template: str, azurite: services.Azurite, dagbag: Any) -
             assert succeeded(run), states
             with connect(world.conninfo) as conn:
                 assert set(repo.stage_backlogs(conn, safety_period_s=0).values()) == {0}, "one run does it all"
-                assert not conn.execute("SELECT 1 FROM document_stage WHERE outcome IN ('failed', 'gave_up')").fetchall()
+                assert not conn.execute(
+                    "SELECT 1 FROM document_stage WHERE outcome IN ('failed', 'gave_up')"
+                ).fetchall()
             for doc_id in INDEXED:
                 assert world.doc(doc_id)["solr_indexed_hash"] == world.doc(doc_id)["hash"], doc_id
             assert world.stage("d-org", "clean")["code"] == "organisation_file"

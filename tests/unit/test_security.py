@@ -64,11 +64,13 @@ class SqlRule:
         while changed:  # constants may be built from earlier constants
             changed = False
             for node in self.tree.body:
-                targets = node.targets if isinstance(node, ast.Assign) else (
-                    [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else ([node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
+                )
                 for target in targets:
-                    if isinstance(target, ast.Name) and target.id not in self.constants \
-                            and self._constant(node.value):
+                    if isinstance(target, ast.Name) and target.id not in self.constants and self._constant(node.value):
                         self.constants.add(target.id)
                         changed = True
 
@@ -83,7 +85,8 @@ class SqlRule:
             return all(self._constant(e) for e in node.elts)
         if isinstance(node, ast.Dict):
             return all(k is not None and self._constant(k) for k in node.keys) and all(
-                self._constant(v) for v in node.values)
+                self._constant(v) for v in node.values
+            )
         if isinstance(node, ast.JoinedStr):
             return all(self._constant(v.value) if isinstance(v, ast.FormattedValue) else True for v in node.values)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
@@ -170,8 +173,12 @@ class SqlRule:
             elif isinstance(node, ast.For):
                 for name in _names(node.target):
                     sources.setdefault(name, []).append((node.iter, -1))
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                    and node.func.attr in ("append", "extend") and isinstance(node.func.value, ast.Name):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("append", "extend")
+                and isinstance(node.func.value, ast.Name)
+            ):
                 for arg in node.args:
                     sources.setdefault(node.func.value.id, []).append((arg, -1 if node.func.attr == "extend" else None))
         for arg in [*fn.args.args, *fn.args.kwonlyargs]:
@@ -249,20 +256,23 @@ def test_no_module_of_the_package_or_plugins_builds_sql_from_values() -> None:
     assert found == []
 
 
-@pytest.mark.parametrize("body", [
-    'conn.execute(f"SELECT * FROM document WHERE id = \'{doc_id}\'")',
-    'conn.execute("SELECT * FROM document WHERE id = \'" + doc_id + "\'")',
-    'conn.execute("SELECT * FROM document WHERE id = \'%s\'" % doc_id)',
-    'conn.execute("SELECT * FROM document WHERE id = \'{}\'".format(doc_id))',
-    'sql = "SELECT * FROM document WHERE name = " + row["name"]\n    conn.execute(sql)',
-    'where = "true"\n    where += f" AND id = {doc_id}"\n    conn.execute(f"SELECT 1 WHERE {where}")',
-    'conds = []\n    conds.append(doc_id)\n    conn.execute(" AND ".join(conds))',
-    'conn.execute(f"SELECT {_column(doc_id)} FROM document")',
-    'cols = ", ".join(c for c in doc_id)\n    conn.execute(f"SELECT {cols} FROM document")',
-    'conn.execute(f"SELECT * FROM {str(doc_id)}")',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "conn.execute(f\"SELECT * FROM document WHERE id = '{doc_id}'\")",
+        'conn.execute("SELECT * FROM document WHERE id = \'" + doc_id + "\'")',
+        "conn.execute(\"SELECT * FROM document WHERE id = '%s'\" % doc_id)",
+        "conn.execute(\"SELECT * FROM document WHERE id = '{}'\".format(doc_id))",
+        'sql = "SELECT * FROM document WHERE name = " + row["name"]\n    conn.execute(sql)',
+        'where = "true"\n    where += f" AND id = {doc_id}"\n    conn.execute(f"SELECT 1 WHERE {where}")',
+        'conds = []\n    conds.append(doc_id)\n    conn.execute(" AND ".join(conds))',
+        'conn.execute(f"SELECT {_column(doc_id)} FROM document")',
+        'cols = ", ".join(c for c in doc_id)\n    conn.execute(f"SELECT {cols} FROM document")',
+        'conn.execute(f"SELECT * FROM {str(doc_id)}")',
+    ],
+)
 def test_the_rule_catches_values_in_a_statement(body: str) -> None:
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         NOW = "now()"
 
         def _column(name):
@@ -270,21 +280,24 @@ def test_the_rule_catches_values_in_a_statement(body: str) -> None:
 
         def find(conn, doc_id, row):
             {body}
-    ''').replace("{body}", body)
+    """).replace("{body}", body)
     assert len(SqlRule(source).violations()) == 1
 
 
-@pytest.mark.parametrize("body", [
-    'conn.execute("SELECT * FROM document WHERE id = %s", (doc_id,))',
-    'conn.execute(f"SELECT {COLUMNS[stage]} FROM document WHERE t < {NOW}")',
-    'conn.execute(f"SELECT {ORDER.get(stage, \'id\')} FROM document")',
-    'sets = ", ".join(f"{c} = NULL" for s in STAGES[STAGES.index(stage):] for c in COLUMNS[s])\n    '
-    'conn.execute(f"UPDATE document SET {sets}")',
-    'where, params = _filters(doc_id)\n    conn.execute(f"SELECT 1 WHERE {where}", params)',
-    'conn.execute(f"SELECT 1 WHERE {_gating(stage)}")',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        'conn.execute("SELECT * FROM document WHERE id = %s", (doc_id,))',
+        'conn.execute(f"SELECT {COLUMNS[stage]} FROM document WHERE t < {NOW}")',
+        "conn.execute(f\"SELECT {ORDER.get(stage, 'id')} FROM document\")",
+        'sets = ", ".join(f"{c} = NULL" for s in STAGES[STAGES.index(stage):] for c in COLUMNS[s])\n    '
+        'conn.execute(f"UPDATE document SET {sets}")',
+        'where, params = _filters(doc_id)\n    conn.execute(f"SELECT 1 WHERE {where}", params)',
+        'conn.execute(f"SELECT 1 WHERE {_gating(stage)}")',
+    ],
+)
 def test_the_rule_accepts_what_the_code_itself_fixes(body: str) -> None:
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         NOW = "now()"
         STAGES = ("download", "validate")
         COLUMNS = {"download": "downloaded", "validate": "validation"}
@@ -301,7 +314,7 @@ def test_the_rule_accepts_what_the_code_itself_fixes(body: str) -> None:
 
         def find(conn, doc_id, stage):
             {body}
-    ''').replace("{body}", body)
+    """).replace("{body}", body)
     assert SqlRule(source).violations() == []
 
 
@@ -314,8 +327,12 @@ def test_connection_and_storage_objects_do_not_show_their_secrets() -> None:
     info = parse_connection("solr", f"http://indexer:{SECRET}@solr.example.org:8983/solr?key={SECRET}")
     assert info.password == SECRET
     assert SECRET not in repr(info)
-    config = BlobStoreConfig(backend="azure", connection=ConnectionInfo(
-        "refresher_blob", "wasb", extra={"connection_string": f"AccountName=a;AccountKey={SECRET}"}))
+    config = BlobStoreConfig(
+        backend="azure",
+        connection=ConnectionInfo(
+            "refresher_blob", "wasb", extra={"connection_string": f"AccountName=a;AccountKey={SECRET}"}
+        ),
+    )
     assert SECRET not in repr(config) and SECRET not in config.describe()
     assert SECRET not in repr(ValidatorClient("https://validator.example.org", key=SECRET))
     client = SolrClient(f"http://indexer:{SECRET}@127.0.0.1:8983/solr")
@@ -324,8 +341,10 @@ def test_connection_and_storage_objects_do_not_show_their_secrets() -> None:
 
 def test_a_solr_or_validator_that_cannot_be_reached_is_reported_without_credentials(tmp_path) -> None:
     port = services.free_port()
-    with SolrClient(f"http://indexer:{SECRET}@127.0.0.1:{port}/solr", max_retries=0) as solr, \
-            pytest.raises(SolrError) as info:
+    with (
+        SolrClient(f"http://indexer:{SECRET}@127.0.0.1:{port}/solr", max_retries=0) as solr,
+        pytest.raises(SolrError) as info,
+    ):
         solr.ping("activity")
     assert info.value.kind == "connection" and SECRET not in str(info.value)
     document = tmp_path / "a.xml"
@@ -346,8 +365,9 @@ def _no_preloaded_connections(monkeypatch):
 @pytest.mark.usefixtures("_no_preloaded_connections")
 def test_an_unreachable_slack_webhook_is_retried_without_logging_its_token(monkeypatch, caplog, capfd) -> None:
     url = f"http://127.0.0.1:{services.free_port()}/services/{TOKEN}"
-    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ONCALL", json.dumps(
-        {"conn_type": "slackwebhook", "password": url, "extra": {"timeout": 2}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SLACK_ONCALL", json.dumps({"conn_type": "slackwebhook", "password": url, "extra": {"timeout": 2}})
+    )
     with caplog.at_level(logging.DEBUG):
         alerts.on_failure({"dag_id": "iati_refresh", "run_id": "scheduled__1", "reason": "task_failure"})
     out, err = capfd.readouterr()

@@ -19,7 +19,19 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from iati_refresher.db.types import Db
+
 NOW = "(now() AT TIME ZONE 'UTC')"
+
+
+def _one(cursor: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
+    """The one row a statement that always answers (count, RETURNING) returned."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("the statement returned no row")
+    return row
+
+
 STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
 
 # ---------------------------------------------------------------------------------------
@@ -27,11 +39,11 @@ STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
 # ---------------------------------------------------------------------------------------
 
 
-def lock_migrations(conn: psycopg.Connection) -> None:
+def lock_migrations(conn: Db) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(727271)")
 
 
-def current_migration(conn: psycopg.Connection) -> int:
+def current_migration(conn: Db) -> int:
     exists = conn.execute("SELECT to_regclass('public.version') AS t").fetchone()
     if not exists or exists["t"] is None:
         return -1
@@ -39,10 +51,8 @@ def current_migration(conn: psycopg.Connection) -> int:
     return -1 if row is None else int(row["migration"])
 
 
-def set_migration(conn: psycopg.Connection, number: str, migration: int) -> None:
-    updated = conn.execute(
-        "UPDATE public.version SET number = %s, migration = %s", (number, migration)
-    ).rowcount
+def set_migration(conn: Db, number: str, migration: int) -> None:
+    updated = conn.execute("UPDATE public.version SET number = %s, migration = %s", (number, migration)).rowcount
     if not updated:
         conn.execute("INSERT INTO public.version (number, migration) VALUES (%s, %s)", (number, migration))
 
@@ -52,15 +62,15 @@ def set_migration(conn: psycopg.Connection, number: str, migration: int) -> None
 # ---------------------------------------------------------------------------------------
 
 
-def count_publishers(conn: psycopg.Connection) -> int:
-    return int(conn.execute("SELECT count(*) AS n FROM publisher").fetchone()["n"])
+def count_publishers(conn: Db) -> int:
+    return int(_one(conn.execute("SELECT count(*) AS n FROM publisher"))["n"])
 
 
-def count_documents(conn: psycopg.Connection) -> int:
-    return int(conn.execute("SELECT count(*) AS n FROM document").fetchone()["n"])
+def count_documents(conn: Db) -> int:
+    return int(_one(conn.execute("SELECT count(*) AS n FROM document"))["n"])
 
 
-def upsert_publisher(conn: psycopg.Connection, pub: dict[str, Any], seen_at: Any) -> None:
+def upsert_publisher(conn: Db, pub: dict[str, Any], seen_at: Any) -> None:
     """Insert or update a publisher by org_id.  A rename updates the name (the reference
     skipped renamed publishers, then deleted them with a cascade over their documents)."""
     conn.execute(
@@ -93,15 +103,34 @@ def upsert_publisher(conn: psycopg.Connection, pub: dict[str, Any], seen_at: Any
 # Columns nulled when a document's content (hash) changes: every pipeline column of the
 # reference, plus ours.  solr_indexed_hash stays: the old version is still searchable.
 RESET_ON_CHANGE = (
-    "downloaded", "download_error", "validation_request", "validation_api_error", "validation",
-    "file_schema_valid", "lakify_start", "lakify_end", "lakify_error", "flatten_start",
-    "flatten_end", "flatten_api_error", "solrize_start", "solrize_end", "solr_api_error",
-    "clean_start", "clean_end", "clean_error", "flattened_activities", "source_etag",
-    "source_last_modified", "source_bytes", "source_encoding", "activity_count",
+    "downloaded",
+    "download_error",
+    "validation_request",
+    "validation_api_error",
+    "validation",
+    "file_schema_valid",
+    "lakify_start",
+    "lakify_end",
+    "lakify_error",
+    "flatten_start",
+    "flatten_end",
+    "flatten_api_error",
+    "solrize_start",
+    "solrize_end",
+    "solr_api_error",
+    "clean_start",
+    "clean_end",
+    "clean_error",
+    "flattened_activities",
+    "source_etag",
+    "source_last_modified",
+    "source_bytes",
+    "source_encoding",
+    "activity_count",
 )
 
 
-def upsert_document(conn: psycopg.Connection, doc: dict[str, Any], seen_at: Any) -> tuple[str, str | None]:
+def upsert_document(conn: Db, doc: dict[str, Any], seen_at: Any) -> tuple[str, str | None]:
     """Insert or update a registry dataset.  Returns (change, old_hash) where change is
     ``added``, ``updated`` (hash changed: pipeline columns reset) or ``unchanged``."""
     row = conn.execute("SELECT hash FROM document WHERE id = %s FOR UPDATE", (doc["id"],)).fetchone()
@@ -144,7 +173,7 @@ def upsert_document(conn: psycopg.Connection, doc: dict[str, Any], seen_at: Any)
 UNCHANGED_KEYS = ("id", "hash", "url", "name", "publisher", "cached_dataset_url")
 
 
-def touch_unchanged_documents(conn: psycopg.Connection, docs: Sequence[dict[str, Any]], seen_at: Any) -> int:
+def touch_unchanged_documents(conn: Db, docs: Sequence[dict[str, Any]], seen_at: Any) -> int:
     """What :func:`upsert_document` does for datasets whose hash did not change, for all of
     them in one statement: ``last_seen`` and the registry's descriptive columns.
 
@@ -166,25 +195,23 @@ def touch_unchanged_documents(conn: psycopg.Connection, docs: Sequence[dict[str,
     ).rowcount
 
 
-def stale_documents(conn: psycopg.Connection, seen_before: Any) -> list[dict[str, Any]]:
+def stale_documents(conn: Db, seen_before: Any) -> list[dict[str, Any]]:
     return conn.execute(
         "SELECT id, hash, name, publisher FROM document WHERE last_seen < %s ORDER BY id", (seen_before,)
     ).fetchall()
 
 
-def documents_sharing_hash(conn: psycopg.Connection, hash_: str, except_id: str) -> int:
+def documents_sharing_hash(conn: Db, hash_: str, except_id: str) -> int:
     return int(
-        conn.execute(
-            "SELECT count(*) AS n FROM document WHERE hash = %s AND id <> %s", (hash_, except_id)
-        ).fetchone()["n"]
+        _one(conn.execute("SELECT count(*) AS n FROM document WHERE hash = %s AND id <> %s", (hash_, except_id)))["n"]
     )
 
 
-def delete_document(conn: psycopg.Connection, document_id: str) -> None:
+def delete_document(conn: Db, document_id: str) -> None:
     conn.execute("DELETE FROM document WHERE id = %s", (document_id,))
 
 
-def delete_stale_publishers(conn: psycopg.Connection, seen_before: Any) -> list[str]:
+def delete_stale_publishers(conn: Db, seen_before: Any) -> list[str]:
     """Delete publishers missing from the registry that no longer own any document."""
     rows = conn.execute(
         """
@@ -198,7 +225,7 @@ def delete_stale_publishers(conn: psycopg.Connection, seen_before: Any) -> list[
 
 
 def record_registry_change(
-    conn: psycopg.Connection,
+    conn: Db,
     run_id: str | None,
     document_id: str,
     change: str,
@@ -218,10 +245,8 @@ def record_registry_change(
     )
 
 
-def registry_changes(conn: psycopg.Connection, run_id: str) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT * FROM registry_change WHERE run_id = %s ORDER BY id", (run_id,)
-    ).fetchall()
+def registry_changes(conn: Db, run_id: str) -> list[dict[str, Any]]:
+    return conn.execute("SELECT * FROM registry_change WHERE run_id = %s ORDER BY id", (run_id,)).fetchall()
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,7 +310,7 @@ def _gating(stage: str) -> str:
 
 
 def ready_documents(
-    conn: psycopg.Connection,
+    conn: Db,
     stage: str,
     *,
     limit: int | None = None,
@@ -308,13 +333,18 @@ def ready_documents(
         sql += " LIMIT %(limit)s"
     return conn.execute(
         sql,
-        {"owner": owner, "ids": list(ids) if ids is not None else None, "limit": limit,
-         "safety_period_s": safety_period_s, "stage": stage},
+        {
+            "owner": owner,
+            "ids": list(ids) if ids is not None else None,
+            "limit": limit,
+            "safety_period_s": safety_period_s,
+            "stage": stage,
+        },
     ).fetchall()
 
 
 def unsettled_documents(
-    conn: psycopg.Connection, stage: str, ids: Sequence[str], *, run_id: str, owner: str, safety_period_s: int
+    conn: Db, stage: str, ids: Sequence[str], *, run_id: str, owner: str, safety_period_s: int
 ) -> list[dict[str, Any]]:
     """Of ``ids``, the documents still ready for ``stage`` (claims of ``owner`` aside) that
     got no outcome for it in ``run_id``: what a lost batch task left untouched."""
@@ -331,16 +361,18 @@ def unsettled_documents(
     return [d for d in ready if d["id"] not in done]
 
 
-def count_ready(conn: psycopg.Connection, stage: str, *, safety_period_s: int = 7200) -> int:
+def count_ready(conn: Db, stage: str, *, safety_period_s: int = 7200) -> int:
     where = READY[stage].format(now=NOW) + _gating(stage)
-    row = conn.execute(
-        f"SELECT count(*) AS n FROM document d LEFT JOIN publisher p ON p.org_id = d.publisher WHERE {where}",
-        {"owner": None, "safety_period_s": safety_period_s, "stage": stage},
-    ).fetchone()
+    row = _one(
+        conn.execute(
+            f"SELECT count(*) AS n FROM document d LEFT JOIN publisher p ON p.org_id = d.publisher WHERE {where}",
+            {"owner": None, "safety_period_s": safety_period_s, "stage": stage},
+        )
+    )
     return int(row["n"])
 
 
-def claim(conn: psycopg.Connection, ids: Sequence[str], stage: str, owner: str, ttl_s: int) -> list[str]:
+def claim(conn: Db, ids: Sequence[str], stage: str, owner: str, ttl_s: int) -> list[str]:
     """Lease ``ids`` to ``owner``; returns the ids actually leased (free or expired or ours)."""
     if not ids:
         return []
@@ -361,10 +393,8 @@ def claim(conn: psycopg.Connection, ids: Sequence[str], stage: str, owner: str, 
     return [r["document_id"] for r in rows]
 
 
-def release(conn: psycopg.Connection, ids: Sequence[str], owner: str) -> None:
-    conn.execute(
-        "DELETE FROM document_claim WHERE document_id = ANY(%s) AND owner = %s", (list(ids), owner)
-    )
+def release(conn: Db, ids: Sequence[str], owner: str) -> None:
+    conn.execute("DELETE FROM document_claim WHERE document_id = ANY(%s) AND owner = %s", (list(ids), owner))
 
 
 START_COLUMN = {
@@ -377,7 +407,7 @@ START_COLUMN = {
 }
 
 
-def mark_started(conn: psycopg.Connection, stage: str, docs: Sequence[dict[str, Any]]) -> None:
+def mark_started(conn: Db, stage: str, docs: Sequence[dict[str, Any]]) -> None:
     column = START_COLUMN[stage]
     if not column or not docs:
         return
@@ -395,7 +425,7 @@ def mark_started(conn: psycopg.Connection, stage: str, docs: Sequence[dict[str, 
 
 
 def record_outcomes(
-    conn: psycopg.Connection,
+    conn: Db,
     stage: str,
     outcomes: Iterable[dict[str, Any]],
     *,
@@ -470,16 +500,14 @@ def record_outcomes(
         )
 
 
-def stage_rows(conn: psycopg.Connection, document_id: str) -> list[dict[str, Any]]:
-    return conn.execute(
-        "SELECT * FROM document_stage WHERE document_id = %s ORDER BY stage", (document_id,)
-    ).fetchall()
+def stage_rows(conn: Db, document_id: str) -> list[dict[str, Any]]:
+    return conn.execute("SELECT * FROM document_stage WHERE document_id = %s ORDER BY stage", (document_id,)).fetchall()
 
 
 # --- per-stage document columns (reference semantics) ----------------------------------
 
 
-def finish_download(conn: psycopg.Connection, results: Sequence[dict[str, Any]]) -> None:
+def finish_download(conn: Db, results: Sequence[dict[str, Any]]) -> None:
     """``results``: id, hash, ok (bool), download_error (int|None), etag, last_modified,
     bytes, encoding.  ``downloaded`` is NULL whenever ``download_error`` is set."""
     with conn.cursor() as cur:
@@ -496,26 +524,23 @@ def finish_download(conn: psycopg.Connection, results: Sequence[dict[str, Any]])
             WHERE id = %(id)s AND hash = %(hash)s
             """,
             [
-                {"etag": None, "last_modified": None, "bytes": None, "encoding": None,
-                 "download_error": None, **r}
+                {"etag": None, "last_modified": None, "bytes": None, "encoding": None, "download_error": None, **r}
                 for r in results
             ],
         )
 
 
-def mark_not_downloaded(conn: psycopg.Connection, document_id: str, hash_: str) -> None:
+def mark_not_downloaded(conn: Db, document_id: str, hash_: str) -> None:
     """The source blob vanished: download again (as the reference does)."""
     conn.execute(
         """UPDATE document SET downloaded = NULL, clean_start = NULL, clean_end = NULL, clean_error = NULL
             WHERE id = %s AND hash = %s""",
         (document_id, hash_),
     )
-    conn.execute(
-        "DELETE FROM document_stage WHERE document_id = %s AND stage = 'download'", (document_id,)
-    )
+    conn.execute("DELETE FROM document_stage WHERE document_id = %s AND stage = 'download'", (document_id,))
 
 
-def latest_report_for_hash(conn: psycopg.Connection, hash_: str) -> dict[str, Any] | None:
+def latest_report_for_hash(conn: Db, hash_: str) -> dict[str, Any] | None:
     """The newest stored report for identical content, to reuse instead of re-validating."""
     return conn.execute(
         "SELECT id, valid, report FROM validation WHERE document_hash = %s ORDER BY id DESC LIMIT 1",
@@ -523,7 +548,7 @@ def latest_report_for_hash(conn: psycopg.Connection, hash_: str) -> dict[str, An
     ).fetchone()
 
 
-def latest_reports_for_hashes(conn: psycopg.Connection, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
+def latest_reports_for_hashes(conn: Db, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Content hash → its newest stored report's ``id`` and ``valid`` (not the report itself),
     for a whole batch in one query (index ``validation_document_hash_id``)."""
     rows = conn.execute(
@@ -534,7 +559,7 @@ def latest_reports_for_hashes(conn: psycopg.Connection, hashes: Sequence[str]) -
     return {r["document_hash"]: r for r in rows}
 
 
-def validation_reports(conn: psycopg.Connection, validation_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+def validation_reports(conn: Db, validation_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     """Validation id → ``id, valid, report, created`` for a whole batch in one query."""
     rows = conn.execute(
         "SELECT id, valid, report, created FROM validation WHERE id = ANY(%s)", (list(validation_ids),)
@@ -542,15 +567,11 @@ def validation_reports(conn: psycopg.Connection, validation_ids: Sequence[int]) 
     return {int(r["id"]): r for r in rows}
 
 
-def validation_report(conn: psycopg.Connection, validation_id: int) -> dict[str, Any] | None:
-    return conn.execute(
-        "SELECT id, valid, report, created FROM validation WHERE id = %s", (validation_id,)
-    ).fetchone()
+def validation_report(conn: Db, validation_id: int) -> dict[str, Any] | None:
+    return conn.execute("SELECT id, valid, report, created FROM validation WHERE id = %s", (validation_id,)).fetchone()
 
 
-def set_schema_result(
-    conn: psycopg.Connection, document_id: str, hash_: str, *, valid: bool | None, api_error: int | None
-) -> None:
+def set_schema_result(conn: Db, document_id: str, hash_: str, *, valid: bool | None, api_error: int | None) -> None:
     conn.execute(
         f"""UPDATE document SET validation_request = {NOW},
                file_schema_valid = COALESCE(%s, file_schema_valid),
@@ -561,7 +582,7 @@ def set_schema_result(
 
 
 def save_validation(
-    conn: psycopg.Connection,
+    conn: Db,
     doc: dict[str, Any],
     report: dict[str, Any],
     *,
@@ -600,9 +621,7 @@ def save_validation(
     return None if row is None else int(row["id"])
 
 
-def reuse_validation(
-    conn: psycopg.Connection, doc: dict[str, Any], validation_id: int, schema_valid: bool | None
-) -> None:
+def reuse_validation(conn: Db, doc: dict[str, Any], validation_id: int, schema_valid: bool | None) -> None:
     conn.execute(
         f"""UPDATE document SET validation = %s, regenerate_validation_report = false,
                validation_request = {NOW}, file_schema_valid = COALESCE(%s, file_schema_valid)
@@ -611,7 +630,7 @@ def reuse_validation(
     )
 
 
-def finish_clean(conn: psycopg.Connection, doc: dict[str, Any], *, ok: bool, error: str | None) -> None:
+def finish_clean(conn: Db, doc: dict[str, Any], *, ok: bool, error: str | None) -> None:
     conn.execute(
         f"""UPDATE document SET clean_end = CASE WHEN %(ok)s THEN {NOW} END, clean_error = %(error)s
              WHERE id = %(id)s AND hash = %(hash)s""",
@@ -620,7 +639,7 @@ def finish_clean(conn: psycopg.Connection, doc: dict[str, Any], *, ok: bool, err
 
 
 def finish_flatten(
-    conn: psycopg.Connection, doc: dict[str, Any], *, ok: bool, manifest: Any = None, activities: int | None = None
+    conn: Db, doc: dict[str, Any], *, ok: bool, manifest: Any = None, activities: int | None = None
 ) -> None:
     conn.execute(
         f"""UPDATE document SET
@@ -629,12 +648,17 @@ def finish_flatten(
                flattened_activities = CASE WHEN %(ok)s THEN %(manifest)s ELSE flattened_activities END,
                activity_count = CASE WHEN %(ok)s THEN %(activities)s ELSE activity_count END
              WHERE id = %(id)s AND hash = %(hash)s""",
-        {"ok": ok, "manifest": Jsonb(manifest) if manifest is not None else None,
-         "activities": activities, "id": doc["id"], "hash": doc["hash"]},
+        {
+            "ok": ok,
+            "manifest": Jsonb(manifest) if manifest is not None else None,
+            "activities": activities,
+            "id": doc["id"],
+            "hash": doc["hash"],
+        },
     )
 
 
-def finish_lakify(conn: psycopg.Connection, doc: dict[str, Any], *, ok: bool, error: str | None) -> None:
+def finish_lakify(conn: Db, doc: dict[str, Any], *, ok: bool, error: str | None) -> None:
     conn.execute(
         f"""UPDATE document SET lakify_end = CASE WHEN %(ok)s THEN {NOW} END, lakify_error = %(error)s
              WHERE id = %(id)s AND hash = %(hash)s""",
@@ -642,7 +666,7 @@ def finish_lakify(conn: psycopg.Connection, doc: dict[str, Any], *, ok: bool, er
     )
 
 
-def reset_lakify(conn: psycopg.Connection, document_id: str, hash_: str) -> None:
+def reset_lakify(conn: Db, document_id: str, hash_: str) -> None:
     """A lake blob the index stage needs is missing: lakify again."""
     conn.execute(
         """UPDATE document SET lakify_start = NULL, lakify_end = NULL, lakify_error = NULL
@@ -652,9 +676,7 @@ def reset_lakify(conn: psycopg.Connection, document_id: str, hash_: str) -> None
     conn.execute("DELETE FROM document_stage WHERE document_id = %s AND stage = 'lakify'", (document_id,))
 
 
-def finish_index(
-    conn: psycopg.Connection, doc: dict[str, Any], *, ok: bool, error: str | None, activities: int | None = None
-) -> None:
+def finish_index(conn: Db, doc: dict[str, Any], *, ok: bool, error: str | None, activities: int | None = None) -> None:
     conn.execute(
         f"""UPDATE document SET
                solrize_end = CASE WHEN %(ok)s THEN {NOW} ELSE solrize_end END,
@@ -668,14 +690,14 @@ def finish_index(
     )
 
 
-def mark_unindexed(conn: psycopg.Connection, document_id: str) -> None:
+def mark_unindexed(conn: Db, document_id: str) -> None:
     conn.execute(
         "UPDATE document SET solr_indexed_hash = NULL, solr_activity_count = NULL WHERE id = %s",
         (document_id,),
     )
 
 
-def indexed_versions(conn: psycopg.Connection) -> dict[str, tuple[str, ...]]:
+def indexed_versions(conn: Db) -> dict[str, tuple[str, ...]]:
     """document id → the hashes whose documents Solr may hold (for reconciliation).
 
     The indexed version's, and the current version's: an index attempt of the current
@@ -694,7 +716,7 @@ def indexed_versions(conn: psycopg.Connection) -> dict[str, tuple[str, ...]]:
 # ---------------------------------------------------------------------------------------
 
 
-def flag_publishers(conn: psycopg.Connection, threshold: int, period_s: int) -> list[str]:
+def flag_publishers(conn: Db, threshold: int, period_s: int) -> list[str]:
     """Flag publishers with more than ``threshold`` schema-invalid documents downloaded in
     the last ``period_s`` seconds.  Returns the org ids flagged now (new or refreshed)."""
     rows = conn.execute(
@@ -712,18 +734,18 @@ def flag_publishers(conn: psycopg.Connection, threshold: int, period_s: int) -> 
     return [r["org_id"] for r in rows]
 
 
-def publishers_to_notify(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def publishers_to_notify(conn: Db) -> list[dict[str, Any]]:
     return conn.execute(
         """SELECT org_id, name, title, black_flag FROM publisher
             WHERE black_flag IS NOT NULL AND black_flag_notified IS NULL ORDER BY org_id"""
     ).fetchall()
 
 
-def mark_notified(conn: psycopg.Connection, org_id: str) -> None:
+def mark_notified(conn: Db, org_id: str) -> None:
     conn.execute("UPDATE publisher SET black_flag_notified = true WHERE org_id = %s", (org_id,))
 
 
-def unflag_publisher(conn: psycopg.Connection, publisher: str) -> list[str]:
+def unflag_publisher(conn: Db, publisher: str) -> list[str]:
     """Unflag by org id or short name; returns the org ids unflagged."""
     rows = conn.execute(
         """UPDATE publisher SET black_flag = NULL, black_flag_notified = NULL
@@ -734,7 +756,7 @@ def unflag_publisher(conn: psycopg.Connection, publisher: str) -> list[str]:
     return [r["org_id"] for r in rows]
 
 
-def flagged_publishers(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def flagged_publishers(conn: Db) -> list[dict[str, Any]]:
     return conn.execute(
         "SELECT org_id, name, black_flag, black_flag_notified FROM publisher WHERE black_flag IS NOT NULL"
     ).fetchall()
@@ -745,20 +767,30 @@ def flagged_publishers(conn: psycopg.Connection) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 
 
-def save_adhoc_validation(conn: psycopg.Connection, row: dict[str, Any]) -> int:
-    params = {"guid": None, "filename": None, "user_email": None, "session_id": None,
-              "validation_api_error": None, "valid": None, "report": None, **row}
+def save_adhoc_validation(conn: Db, row: dict[str, Any]) -> int:
+    params = {
+        "guid": None,
+        "filename": None,
+        "user_email": None,
+        "session_id": None,
+        "validation_api_error": None,
+        "valid": None,
+        "report": None,
+        **row,
+    }
     if params["report"] is not None:
         params["report"] = Jsonb(params["report"])
-    result = conn.execute(
-        f"""INSERT INTO adhoc_validation (guid, filename, user_email, session_id, created, validated,
+    result = _one(
+        conn.execute(
+            f"""INSERT INTO adhoc_validation (guid, filename, user_email, session_id, created, validated,
                                           validation_api_error, valid, report)
             VALUES (%(guid)s, %(filename)s, %(user_email)s, %(session_id)s, {NOW},
                     CASE WHEN %(report)s IS NULL THEN NULL ELSE {NOW} END,
                     %(validation_api_error)s, %(valid)s, %(report)s)
             RETURNING id""",
-        params,
-    ).fetchone()
+            params,
+        )
+    )
     return int(result["id"])
 
 
@@ -767,7 +799,7 @@ def save_adhoc_validation(conn: psycopg.Connection, row: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def record_telemetry(conn: psycopg.Connection, row: dict[str, Any]) -> None:
+def record_telemetry(conn: Db, row: dict[str, Any]) -> None:
     """Upsert one (run, stage, batch) row.
 
     Another try of the same batch adds to it: each try settles the documents the earlier
@@ -789,12 +821,20 @@ def record_telemetry(conn: psycopg.Connection, row: dict[str, Any]) -> None:
             documents_failed = t.documents_failed + EXCLUDED.documents_failed,
             activities = t.activities + EXCLUDED.activities, bytes = t.bytes + EXCLUDED.bytes
         """,
-        {"batch": "", "activities": 0, "bytes": 0, "documents_in": 0, "documents_ok": 0,
-         "documents_skipped": 0, "documents_failed": 0, **row},
+        {
+            "batch": "",
+            "activities": 0,
+            "bytes": 0,
+            "documents_in": 0,
+            "documents_ok": 0,
+            "documents_skipped": 0,
+            "documents_failed": 0,
+            **row,
+        },
     )
 
 
-def run_summary(conn: psycopg.Connection, run_id: str) -> list[dict[str, Any]]:
+def run_summary(conn: Db, run_id: str) -> list[dict[str, Any]]:
     return conn.execute(
         """
         SELECT stage, count(*) AS batches, min(started_at) AS started_at, max(finished_at) AS finished_at,
@@ -808,11 +848,11 @@ def run_summary(conn: psycopg.Connection, run_id: str) -> list[dict[str, Any]]:
     ).fetchall()
 
 
-def stage_backlogs(conn: psycopg.Connection, *, safety_period_s: int) -> dict[str, int]:
+def stage_backlogs(conn: Db, *, safety_period_s: int) -> dict[str, int]:
     return {stage: count_ready(conn, stage, safety_period_s=safety_period_s) for stage in STAGES}
 
 
-def parked_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def parked_counts(conn: Db) -> list[dict[str, Any]]:
     return conn.execute(
         """SELECT stage, outcome, code, count(*) AS n FROM document_stage
             WHERE outcome IN ('skipped', 'gave_up', 'failed') GROUP BY stage, outcome, code
@@ -821,7 +861,7 @@ def parked_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
 
 
 def find_documents(
-    conn: psycopg.Connection,
+    conn: Db,
     *,
     ids_or_names: Sequence[str] = (),
     publishers: Sequence[str] = (),
@@ -861,8 +901,14 @@ def find_documents(
 
 # Operator resets: what each "from stage" clears (the stage's markers and everything after).
 RESET_FROM = {
-    "download": ["downloaded", "download_error", "source_etag", "source_last_modified", "source_bytes",
-                 "source_encoding"],
+    "download": [
+        "downloaded",
+        "download_error",
+        "source_etag",
+        "source_last_modified",
+        "source_bytes",
+        "source_encoding",
+    ],
     "validate": ["validation", "validation_request", "validation_api_error", "file_schema_valid"],
     "clean": ["clean_start", "clean_end", "clean_error"],
     "flatten": ["flatten_start", "flatten_end", "flatten_api_error", "flattened_activities", "activity_count"],
@@ -871,7 +917,7 @@ RESET_FROM = {
 }
 
 
-def reset_documents(conn: psycopg.Connection, ids: Sequence[str], from_stage: str) -> int:
+def reset_documents(conn: Db, ids: Sequence[str], from_stage: str) -> int:
     """Reset ``from_stage`` and every later stage for ``ids`` (operator re-run)."""
     stages = STAGES[STAGES.index(from_stage) :]
     columns = [c for s in stages for c in RESET_FROM[s]]
@@ -889,12 +935,12 @@ def reset_documents(conn: psycopg.Connection, ids: Sequence[str], from_stage: st
 # ---------------------------------------------------------------------------------------
 
 
-def registry_state(conn: psycopg.Connection, source: str) -> dict[str, Any] | None:
+def registry_state(conn: Db, source: str) -> dict[str, Any] | None:
     return conn.execute("SELECT * FROM registry_state WHERE source = %s", (source,)).fetchone()
 
 
 def save_registry_state(
-    conn: psycopg.Connection,
+    conn: Db,
     source: str,
     *,
     etag: str | None,
@@ -922,16 +968,16 @@ def save_registry_state(
 # ---------------------------------------------------------------------------------------
 
 
-def document_hashes(conn: psycopg.Connection) -> dict[str, str]:
+def document_hashes(conn: Db) -> dict[str, str]:
     """Every document id → its current hash."""
     return {r["id"]: r["hash"] for r in conn.execute("SELECT id, hash FROM document").fetchall()}
 
 
-def delete_expired_claims(conn: psycopg.Connection) -> int:
+def delete_expired_claims(conn: Db) -> int:
     return conn.execute(f"DELETE FROM document_claim WHERE expires_at <= {NOW}").rowcount
 
 
-def reset_preview(conn: psycopg.Connection, ids: Sequence[str], from_stage: str) -> list[dict[str, Any]]:
+def reset_preview(conn: Db, ids: Sequence[str], from_stage: str) -> list[dict[str, Any]]:
     """The columns an operator reset would clear, with their current values (dry run)."""
     stages = STAGES[STAGES.index(from_stage) :]
     columns = [c for s in stages for c in RESET_FROM[s]]
@@ -946,9 +992,12 @@ def reset_preview(conn: psycopg.Connection, ids: Sequence[str], from_stage: str)
     for p in parked:
         by_doc.setdefault(p["document_id"], []).append(f"{p['stage']}:{p['outcome']}:{p['code']}")
     return [
-        {"id": r["id"], "name": r["name"],
-         "would_clear": {c: r[c] for c in columns if r[c] is not None},
-         "would_forget": by_doc.get(r["id"], [])}
+        {
+            "id": r["id"],
+            "name": r["name"],
+            "would_clear": {c: r[c] for c in columns if r[c] is not None},
+            "would_forget": by_doc.get(r["id"], []),
+        }
         for r in rows
     ]
 
@@ -960,7 +1009,14 @@ def reset_preview(conn: psycopg.Connection, ids: Sequence[str], from_stage: str)
 # The furthest a document got, from the reference's markers; "parked" when a stage row says
 # skipped or gave up (and no other service has reset that stage since).
 DOCUMENT_STATES = (
-    "pending_download", "downloaded", "validated", "cleaned", "flattened", "lakified", "indexed", "parked",
+    "pending_download",
+    "downloaded",
+    "validated",
+    "cleaned",
+    "flattened",
+    "lakified",
+    "indexed",
+    "parked",
 )
 
 
@@ -991,9 +1047,7 @@ _STATE_SQL = """CASE
         ELSE 'pending_download' END"""
 
 
-def _status_filters(
-    keys: Sequence[str], publisher: str | None, query: str | None
-) -> tuple[str, dict[str, Any]]:
+def _status_filters(keys: Sequence[str], publisher: str | None, query: str | None) -> tuple[str, dict[str, Any]]:
     conds: list[str] = []
     params: dict[str, Any] = {}
     if keys:
@@ -1009,7 +1063,7 @@ def _status_filters(
 
 
 def document_status_rows(
-    conn: psycopg.Connection,
+    conn: Db,
     *,
     keys: Sequence[str] = (),
     publisher: str | None = None,
@@ -1073,9 +1127,7 @@ def document_status_rows(
     return conn.execute(sql, params).fetchall()
 
 
-def document_state_counts(
-    conn: psycopg.Connection, *, publisher: str | None = None, query: str | None = None
-) -> dict[str, int]:
+def document_state_counts(conn: Db, *, publisher: str | None = None, query: str | None = None) -> dict[str, int]:
     """How many documents are in each state (every state present, zeros included)."""
     where, params = _status_filters((), publisher, query)
     rows = conn.execute(
@@ -1095,7 +1147,7 @@ def document_state_counts(
     return counts
 
 
-def latest_run_id(conn: psycopg.Connection, dag_id: str | None = None) -> str | None:
+def latest_run_id(conn: Db, dag_id: str | None = None) -> str | None:
     """The run whose telemetry finished last (optionally of one DAG), or None."""
     row = conn.execute(
         """SELECT run_id FROM run_stage_telemetry
@@ -1114,7 +1166,7 @@ def latest_run_id(conn: psycopg.Connection, dag_id: str | None = None) -> str | 
 REQUEST_FLAGS = {"validate": "regenerate_validation_report", "index": "solrize_reindex"}
 
 
-def settle_request(conn: psycopg.Connection, stage: str, document_id: str, hash_: str) -> None:
+def settle_request(conn: Db, stage: str, document_id: str, hash_: str) -> None:
     """Clear the request flag of a document whose ``stage`` just ended for good.
 
     When the stage row says ``skipped`` or ``gave_up``, the request was answered: the
@@ -1134,7 +1186,7 @@ def settle_request(conn: psycopg.Connection, stage: str, document_id: str, hash_
     )
 
 
-def renew_claims(conn: psycopg.Connection, ids: Sequence[str], owner: str, ttl_s: int) -> int:
+def renew_claims(conn: Db, ids: Sequence[str], owner: str, ttl_s: int) -> int:
     """Extend ``owner``'s leases on ``ids`` by ``ttl_s`` from now; returns how many it still held."""
     if not ids:
         return 0

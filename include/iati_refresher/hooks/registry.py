@@ -31,8 +31,7 @@ class IatiRegistryHook(BaseHook):
     conn_type = "iati_registry"
     hook_name = "IATI Registry (Bulk Data Service or CKAN)"
 
-    def __init__(self, iati_registry_conn_id: str = default_conn_name, settings: Settings | None = None,
-                 **kwargs: Any):
+    def __init__(self, iati_registry_conn_id: str = default_conn_name, settings: Settings | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.iati_registry_conn_id = iati_registry_conn_id
         self.settings = settings or get_settings()

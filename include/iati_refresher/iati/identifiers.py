@@ -26,11 +26,7 @@ def identifier_of(activity: Any) -> str:
     """The normalised identifier of an ``iati-activity`` element ('' when absent or empty)."""
     for child in activity:
         if child.tag == "iati-identifier":
-            parts = [
-                piece
-                for node in child.iter()
-                for piece in _own_texts(node, child)
-            ]
+            parts = [piece for node in child.iter() for piece in _own_texts(node, child)]
             return normalise_identifier("".join(parts))
     return ""
 
@@ -50,9 +46,6 @@ def identifier_hash(identifier: str) -> str:
 
 def sha1_hex(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
-
-
-
 
 
 def lake_name(document_id: str, identifier: str, occurrence: int, extension: str) -> str:

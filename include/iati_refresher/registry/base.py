@@ -181,8 +181,13 @@ def get_json(
             if response.status_code != 200:
                 raise RegistryUnavailable(f"{url} answered HTTP {response.status_code}")
             body = net.read_capped(response, settings.max_download_bytes)
-    except (httpx.HTTPError, net.RefusedTarget, net.RedirectLimitExceeded, net.ResponseTooLarge,
-            net.UndecodableBody) as exc:
+    except (
+        httpx.HTTPError,
+        net.RefusedTarget,
+        net.RedirectLimitExceeded,
+        net.ResponseTooLarge,
+        net.UndecodableBody,
+    ) as exc:
         raise RegistryUnavailable(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
     try:
         return response, json.loads(body)
@@ -219,6 +224,7 @@ def build_source(
     extra = extra or {}
     owns_client = client is None
     http = client if client is not None else net.http_client(settings)
+
     def field(name: str) -> Any:  # plain, or with the UI's ``extra__iati_registry__`` prefix
         return extra.get(name) or extra.get(f"extra__iati_registry__{name}")
 
@@ -234,9 +240,7 @@ def build_source(
     return CkanRegistrySource(base_url, http, settings, owns_client=owns_client)
 
 
-def registry_for(
-    settings: Settings, *, client: httpx.Client | None = None, use_airflow: bool = True
-) -> RegistrySource:
+def registry_for(settings: Settings, *, client: httpx.Client | None = None, use_airflow: bool = True) -> RegistrySource:
     """The configured registry source: the ``iati_registry`` connection when there is one,
     else ``settings.bds_url`` / ``settings.ckan_url``.
 

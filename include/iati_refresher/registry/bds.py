@@ -74,9 +74,12 @@ class BulkDataServiceSource:
         response = self.client.head(self.dataset_index_url)
         if response.status_code >= 400:
             raise RegistryUnavailable(
-                f"the dataset index answered HTTP {response.status_code}: {self.dataset_index_url}")
-        return (f"Bulk Data Service dataset index at {self.dataset_index_url}: HTTP {response.status_code}, "
-                f"ETag {response.headers.get('etag') or 'none'}")
+                f"the dataset index answered HTTP {response.status_code}: {self.dataset_index_url}"
+            )
+        return (
+            f"Bulk Data Service dataset index at {self.dataset_index_url}: HTTP {response.status_code}, "
+            f"ETag {response.headers.get('etag') or 'none'}"
+        )
 
     def fetch(self, previous_etag: str | None = None) -> RegistrySnapshot | None:
         """Read both indices, or return ``None`` when the dataset index's ETag is unchanged.

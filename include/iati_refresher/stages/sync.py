@@ -17,6 +17,7 @@ Fixed reference defects:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 import psycopg
 
 from iati_refresher.db import repository as repo
+from iati_refresher.db.types import Db
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,7 @@ RemoveVersion = Callable[[str, str], None]
 RemoveDataset = Callable[[str, str], None]
 
 
-def safety_refusal(
-    known: int, incoming: int, share: float, what: str
-) -> str | None:
+def safety_refusal(known: int, incoming: int, share: float, what: str) -> str | None:
     if known and incoming < share * known:
         return (
             f"refused: the registry lists {incoming} {what} but {known} are known "
@@ -81,7 +81,7 @@ def safety_refusal(
 
 
 def sync_snapshot(
-    conn: psycopg.Connection,
+    conn: Db,
     snapshot: Any,
     *,
     seen_at: datetime,
@@ -125,8 +125,14 @@ def sync_snapshot(
             continue
         (result.added if change == "added" else result.updated).append(ds["id"])
         repo.record_registry_change(
-            conn, run_id, ds["id"], change, name=ds.get("name"), publisher=ds.get("publisher"),
-            old_hash=old_hash, new_hash=ds["hash"],
+            conn,
+            run_id,
+            ds["id"],
+            change,
+            name=ds.get("name"),
+            publisher=ds.get("publisher"),
+            old_hash=old_hash,
+            new_hash=ds["hash"],
         )
         if change == "updated" and old_hash:
             old_versions.append((ds["id"], old_hash))
@@ -134,8 +140,14 @@ def sync_snapshot(
     stale = repo.stale_documents(conn, seen_at)
     for doc in stale:
         repo.record_registry_change(
-            conn, run_id, doc["id"], "removed", name=doc["name"], publisher=doc["publisher"],
-            old_hash=doc["hash"], new_hash=None,
+            conn,
+            run_id,
+            doc["id"],
+            "removed",
+            name=doc["name"],
+            publisher=doc["publisher"],
+            old_hash=doc["hash"],
+            new_hash=None,
         )
         repo.delete_document(conn, doc["id"])
         result.removed.append(doc["id"])
@@ -143,13 +155,13 @@ def sync_snapshot(
     conn.commit()
 
     for doc_id, old_hash in old_versions:
-        _cleanup(result, f"old version {old_hash} of {doc_id}", lambda d=doc_id, h=old_hash: remove_version(d, h))
+        _cleanup(result, f"old version {old_hash} of {doc_id}", functools.partial(remove_version, doc_id, old_hash))
     for doc in stale:
-        _cleanup(result, f"removed dataset {doc['id']}", lambda d=doc: remove_dataset(d["id"], d["hash"]))
+        _cleanup(result, f"removed dataset {doc['id']}", functools.partial(remove_dataset, doc["id"], doc["hash"]))
     return result
 
 
-def _touch_unchanged(conn: psycopg.Connection, datasets: list[dict[str, Any]], seen_at: datetime) -> set[str]:
+def _touch_unchanged(conn: Db, datasets: list[dict[str, Any]], seen_at: datetime) -> set[str]:
     """Update every dataset whose hash did not change in one statement; returns their ids.
 
     Most runs change little, so this is nearly the whole registry: one query instead of
@@ -159,8 +171,7 @@ def _touch_unchanged(conn: psycopg.Connection, datasets: list[dict[str, Any]], s
     """
     known = repo.document_hashes(conn)
     candidates = [
-        ds for ds in datasets
-        if all(key in ds for key in repo.UNCHANGED_KEYS) and known.get(ds["id"]) == ds["hash"]
+        ds for ds in datasets if all(key in ds for key in repo.UNCHANGED_KEYS) and known.get(ds["id"]) == ds["hash"]
     ]
     ids = {ds["id"] for ds in candidates}
     if not candidates or len(ids) != len(candidates):
@@ -180,10 +191,10 @@ class _NotAllTouched(Exception):
 
 
 def _in_savepoint(
-    conn: psycopg.Connection,
+    conn: Db,
     result: SyncResult,
     record: dict[str, Any],
-    upsert: Callable[[psycopg.Connection, dict[str, Any], datetime], Any],
+    upsert: Callable[[Db, dict[str, Any], datetime], Any],
     seen_at: datetime,
 ) -> Any:
     """``upsert(conn, record, seen_at)`` in a savepoint; a bad record is recorded, not fatal.

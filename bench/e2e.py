@@ -585,7 +585,6 @@ class BodyTimer:
     WRAPPED = (
         "migrate_database",
         "sync_registry",
-        "registry_change_counts",
         "safety_check",
         "plan_batches",
         "run_batch",

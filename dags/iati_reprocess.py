@@ -29,8 +29,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from iati_refresher.alerts import on_failure
-
-STAGES = ["download", "validate", "clean", "flatten", "lakify", "index"]
+from iati_refresher.stage_specs import STAGES, first_stage, stages_from
 
 
 @dag(
@@ -56,7 +55,7 @@ STAGES = ["download", "validate", "clean", "flatten", "lakify", "index"]
             items={"type": "string"},
             description="publisher org ids or short names; these or datasets",
         ),
-        "from_stage": Param("download", type="string", enum=STAGES, description="first stage to redo"),
+        "from_stage": Param("download", type="string", enum=list(STAGES), description="first stage to redo"),
         "force_redownload": Param(False, type="boolean", description="download again (implies from download)"),
         "dry_run": Param(True, type="boolean", description="only list what would be reset"),
     },
@@ -100,12 +99,12 @@ def iati_reprocess():
 
         context = get_current_context()
         params = context["params"]
-        first = "download" if params["force_redownload"] else params["from_stage"]
+        first = first_stage(params["from_stage"], force_redownload=params["force_redownload"])
         return pipeline.process_selection(
             [d["id"] for d in selection],
             run_id=context["run_id"],
             dag_id=context["dag"].dag_id,
-            stages=STAGES[STAGES.index(first) :],
+            stages=stages_from(first),
         )
 
     selection = select()

@@ -24,6 +24,7 @@ from typing import Any, Protocol, cast
 from iati_refresher.db import repository as repo
 from iati_refresher.db.types import Db
 from iati_refresher.settings import Settings, get_settings
+from iati_refresher.stage_specs import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ HELP = {
     "datasets_retrying": "Datasets whose last attempt at a stage failed and will be retried, by stage and code.",
     "last_run_documents": "Documents each stage processed in the last run, by outcome.",
     "last_run_duration_seconds": "Wall time of each stage in the last run.",
-    **{f"datasets_to_{stage}": f"Datasets ready for the {stage} stage now." for stage in repo.STAGES},
+    **{f"datasets_to_{stage}": f"Datasets ready for the {stage} stage now." for stage in STAGES},
 }
 
 
@@ -69,7 +70,7 @@ def collect(conn: Db, settings: Settings | None = None) -> list[Gauge]:
             Gauge("flagged_publishers", len(repo.flagged_publishers(conn))),
         ]
         backlogs = repo.stage_backlogs(conn, safety_period_s=settings.safety_check_period_s)
-        gauges += [Gauge(f"datasets_to_{stage}", backlogs.get(stage, 0)) for stage in repo.STAGES]
+        gauges += [Gauge(f"datasets_to_{stage}", backlogs.get(stage, 0)) for stage in STAGES]
         gauges += [
             Gauge("datasets_in_state", n, {"state": state}) for state, n in repo.document_state_counts(conn).items()
         ]

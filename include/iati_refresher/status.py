@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from iati_refresher.db import repository as repo
 from iati_refresher.db.types import Db
 from iati_refresher.settings import Settings, get_settings
+from iati_refresher.stage_specs import STAGE_WORDS, STAGES
 
 STATES = repo.DOCUMENT_STATES
 STATE_LABELS = {
@@ -43,14 +44,6 @@ NOT_INDEXED_HERE = (
     "indexing is not configured in this deployment (no 'solr' connection): the activities are "
     "in the activity lake, but nothing is searchable"
 )
-STAGE_WORDS = {
-    "download": "download",
-    "validate": "validation",
-    "clean": "cleaning",
-    "flatten": "flattening",
-    "lakify": "lakify (activity lake)",
-    "index": "indexing",
-}
 SUPPORTED_VERSIONS = ("2.01", "2.02", "2.03")
 # The reference's error columns, in pipeline order (other IATI services read them).
 ERROR_COLUMNS = (
@@ -167,7 +160,7 @@ def explain(row: dict[str, Any], settings: Settings | None = None, *, indexing: 
         it a dataset that reached the lake is "Indexing not configured", not "Pending" forever.
     """
     settings = settings or get_settings()
-    order = {stage: i for i, stage in enumerate(repo.STAGES)}
+    order = {stage: i for i, stage in enumerate(STAGES)}
     stages = sorted((dict(s) for s in (row.get("stages") or [])), key=lambda s: (order.get(s["stage"], 99), s["stage"]))
     for s in stages:
         for key in ("first_attempt_at", "last_attempt_at", "next_attempt_at"):

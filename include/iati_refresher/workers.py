@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iati_refresher import connections
+from iati_refresher.log_noise import quiet_noisy_loggers
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
 from iati_refresher.storage import BlobNotFound, BlobStorageError, BlobStore, blob_config_for, open_blob_store
@@ -42,9 +43,7 @@ def init_worker(resolved: dict[str, connections.ConnectionInfo | None]) -> None:
     storage.LIGHT_CLIENTS[0] = True
     atexit.register(close_clients)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # One INFO line per HTTP request (Solr, validator, blob service) would flood the task log.
-    for noisy in ("azure", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_noisy_loggers()
 
 
 #: The clients a process keeps (one per kind and settings: kept-alive connections, not one
@@ -163,16 +162,6 @@ def index(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
         return stage.index_document(doc, _blobs(settings), solr, settings)
 
     return _guard(doc["id"], work)
-
-
-STAGE_WORKERS: dict[str, WorkerFn] = {
-    "download": download,
-    "validate": validate,
-    "clean": clean,
-    "flatten": flatten,
-    "lakify": lakify,
-    "index": index,
-}
 
 
 # --- pools --------------------------------------------------------------------------------------

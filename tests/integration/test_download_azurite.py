@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from iati_refresher.registry.base import build_source
+from iati_refresher.registry.sources import build_source
 from iati_refresher.sample.server import SampleRegistryServer
 from iati_refresher.settings import Settings
 from iati_refresher.stages.download import download_document

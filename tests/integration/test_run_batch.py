@@ -8,6 +8,7 @@ import types
 import pytest
 
 from iati_refresher import pipeline, workers
+from iati_refresher.pipeline import batches
 from iati_refresher.settings import Settings
 from tests.support import services
 
@@ -95,7 +96,7 @@ def test_a_batch_failing_on_its_last_try_records_every_document_it_had_not_settl
     def broken(stage, docs, settings):
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(pipeline, "_execute", broken)
+    monkeypatch.setattr(batches, "_execute", broken)
     batch = {"stage": "download", "ids": ["d1", "d2"], "label": "d1 +1", "key": "0000"}
     with pytest.raises(RuntimeError):
         pipeline.run_batch(batch, run_id="run-1", dag_id="test", settings=env, final_try=False)

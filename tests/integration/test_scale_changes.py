@@ -24,6 +24,7 @@ import pytest
 from iati_refresher import pipeline, workers
 from iati_refresher.db import repository as repo
 from iati_refresher.iati.identifiers import lake_name
+from iati_refresher.pipeline.recording import prepare_batch
 from iati_refresher.registry.base import RegistrySnapshot
 from iati_refresher.settings import Settings
 from iati_refresher.solr_client import ROLES, SolrClient, write_collections
@@ -237,7 +238,7 @@ def test_preparing_a_clean_batch_reads_the_reports_in_one_query(db) -> None:
         for n in range(1, 6)
     ]
     counting = CountingConnection(db)
-    prepared = pipeline._prepare(counting, "clean", docs)
+    prepared = prepare_batch(counting, "clean", docs)
     assert [d["report"]["n"] for d in prepared] == [1, 2, 3, 4, 5]
     assert len(counting.statements) == 1
 
@@ -255,7 +256,7 @@ def test_preparing_a_validate_batch_looks_up_reusable_reports_in_one_query(db) -
         for n in range(1, 6)
     ]
     counting = CountingConnection(db)
-    assert [d["id"] for d in pipeline._prepare(counting, "validate", docs)] == ["d1", "d2", "d3", "d4", "d5"]
+    assert [d["id"] for d in prepare_batch(counting, "validate", docs)] == ["d1", "d2", "d3", "d4", "d5"]
     assert len(counting.statements) == 1
 
 

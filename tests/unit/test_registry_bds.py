@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 
 from iati_refresher.net import http_client
-from iati_refresher.registry.base import (
-    RegistryInconsistent,
-    RegistryUnavailable,
-    build_source,
-    registry_for,
-)
+from iati_refresher.registry.base import RegistryInconsistent, RegistryUnavailable
 from iati_refresher.registry.bds import BulkDataServiceSource, snapshot_from_indices
 from iati_refresher.registry.ckan import CkanRegistrySource
+from iati_refresher.registry.sources import build_source, registry_for
 from iati_refresher.sample.server import hash_excluding_generated_timestamp
 from iati_refresher.settings import Settings
 from tests.standins.registry_server import RegistryStandIn, bds_dataset, bds_org

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from iati_refresher.db.types import Db
+from iati_refresher.stage_specs import STAGES, stages_from
 
 NOW = "(now() AT TIME ZONE 'UTC')"
 
@@ -31,8 +32,6 @@ def _one(cursor: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
         raise LookupError("the statement returned no row")
     return row
 
-
-STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
 
 # ---------------------------------------------------------------------------------------
 # migrations
@@ -567,10 +566,6 @@ def validation_reports(conn: Db, validation_ids: Sequence[int]) -> dict[int, dic
     return {int(r["id"]): r for r in rows}
 
 
-def validation_report(conn: Db, validation_id: int) -> dict[str, Any] | None:
-    return conn.execute("SELECT id, valid, report, created FROM validation WHERE id = %s", (validation_id,)).fetchone()
-
-
 def set_schema_result(conn: Db, document_id: str, hash_: str, *, valid: bool | None, api_error: int | None) -> None:
     conn.execute(
         f"""UPDATE document SET validation_request = {NOW},
@@ -917,11 +912,16 @@ RESET_FROM = {
 }
 
 
+def _reset_columns(from_stage: str) -> list[str]:
+    """What an operator reset from ``from_stage`` clears: its columns and every later stage's."""
+    later = stages_from(from_stage)
+    return [column for stage, columns in RESET_FROM.items() if stage in later for column in columns]
+
+
 def reset_documents(conn: Db, ids: Sequence[str], from_stage: str) -> int:
     """Reset ``from_stage`` and every later stage for ``ids`` (operator re-run)."""
-    stages = STAGES[STAGES.index(from_stage) :]
-    columns = [c for s in stages for c in RESET_FROM[s]]
-    sets = ", ".join(f"{c} = NULL" for c in columns)
+    stages = stages_from(from_stage)
+    sets = ", ".join(f"{c} = NULL" for c in _reset_columns(from_stage))
     updated = conn.execute(f"UPDATE document SET {sets} WHERE id = ANY(%s)", (list(ids),)).rowcount
     conn.execute(
         "DELETE FROM document_stage WHERE document_id = ANY(%s) AND stage = ANY(%s)",
@@ -979,8 +979,8 @@ def delete_expired_claims(conn: Db) -> int:
 
 def reset_preview(conn: Db, ids: Sequence[str], from_stage: str) -> list[dict[str, Any]]:
     """The columns an operator reset would clear, with their current values (dry run)."""
-    stages = STAGES[STAGES.index(from_stage) :]
-    columns = [c for s in stages for c in RESET_FROM[s]]
+    stages = stages_from(from_stage)
+    columns = _reset_columns(from_stage)
     rows = conn.execute(
         f"SELECT id, name, {', '.join(columns)} FROM document WHERE id = ANY(%s) ORDER BY name, id", (list(ids),)
     ).fetchall()

@@ -15,7 +15,8 @@ from airflow.sdk import BaseHook
 
 from iati_refresher import connections
 from iati_refresher.connections import ConnectionInfo
-from iati_refresher.registry.base import RegistrySource, build_source
+from iati_refresher.registry.base import RegistrySource
+from iati_refresher.registry.sources import build_source
 from iati_refresher.settings import Settings, get_settings
 
 

@@ -44,10 +44,6 @@ def identifier_hash(identifier: str) -> str:
     return hashlib.sha1(identifier.encode("utf-8")).hexdigest()
 
 
-def sha1_hex(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
 def lake_name(document_id: str, identifier: str, occurrence: int, extension: str) -> str:
     """The lake blob of the ``occurrence``-th (0-based) activity with ``identifier`` in a document.
 

@@ -1,7 +1,8 @@
 """Failure alerts through the real slack provider hook, posted to a loopback Slack stand-in.
 
 Contexts are built the way Airflow builds them for a callback: a ``RuntimeTaskInstance``
-of a real (mapped) task and its ``get_template_context()``.
+of a real (mapped) task and its ``get_template_context()`` (public SDK modules only: no
+run context from the API server, which the alerts do not read).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ def callback_context(
 ) -> dict:
     """The context a failure callback receives for a task instance of a mapped task."""
     from airflow.sdk import DAG, task
-    from airflow.sdk.api.datamodels._generated import DagRun, TIRunContext
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
     with DAG("iati_refresh", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
@@ -52,25 +52,6 @@ def callback_context(
         def download(batch: dict) -> None: ...
 
         download.expand(batch=[{}, {}])
-    now = pendulum.datetime(2026, 3, 1, 12, tz="UTC")
-    dag_run = DagRun.model_construct(
-        dag_id=dag.dag_id,
-        run_id=RUN_ID,
-        logical_date=now,
-        data_interval_start=now,
-        data_interval_end=now,
-        run_after=now,
-        start_date=now,
-        run_type="scheduled",
-        state="failed",
-        consumed_asset_events=[],
-        conf={},
-        partition_key=None,
-        partition_date=None,
-        triggering_user_name=None,
-        clear_number=0,
-        note=None,
-    )
     ti = RuntimeTaskInstance.model_construct(
         id=uuid.uuid4(),
         dag_version_id=uuid.uuid4(),
@@ -82,7 +63,6 @@ def callback_context(
         state=state,
         rendered_map_index=rendered_map_index,
         task=dag.get_task("download"),
-        _ti_context_from_server=TIRunContext.model_construct(dag_run=dag_run, max_tries=2),
     )
     context = ti.get_template_context()
     context["reason"] = "task_failure"

@@ -323,77 +323,105 @@ def download_error_text(code: int, settings: Settings | None = None) -> str:
 def _reasons(
     row: dict[str, Any], report: dict[str, Any] | None, stages: list[dict[str, Any]], settings: Settings
 ) -> list[str]:
-    reasons: list[str] = []
-    by_stage = {s["stage"]: s for s in stages}
+    """Why the dataset is where it is, in the order a reader asks: the download, the wait for
+    validation, the report, the content, our stages' records, what searchers see meanwhile."""
+    excluded = _excluded_by_report(report)
+    return [
+        *_download_reasons(row, settings),
+        *_validation_wait_reasons(row, report, settings),
+        *_report_reasons(row, report, excluded),
+        *_content_reasons(row),
+        *_stage_reasons(row, stages, excluded, settings),
+        *_search_reasons(row, excluded),
+    ]
 
-    # 1. The download.
+
+def _download_reasons(row: dict[str, Any], settings: Settings) -> list[str]:
     code = row.get("download_error")
     if row.get("downloaded") is None and code is not None:
-        reasons.append(f"The file could not be downloaded: {download_error_text(int(code), settings)}.")
+        return [f"The file could not be downloaded: {download_error_text(int(code), settings)}."]
+    return []
 
-    # 2. Waiting before (or unable to get) a full validation report.
-    if report is None and row.get("downloaded") is not None:
-        if row.get("file_schema_valid") is False:
-            ends = row.get("safety_period_ends")
-            if row.get("black_flag") is not None:
-                reasons.append(
-                    f"The publisher is paused since {_when(row['black_flag'])}: it published more than "
-                    f"{settings.safety_check_threshold} schema-invalid files within "
-                    f"{_hours(settings.safety_check_period_s)}. This file fails the IATI schema, so its "
-                    "activities are checked one by one only after the publisher is unflagged."
-                )
-            elif ends is not None and row.get("checked_at") is not None and ends > row["checked_at"]:
-                reasons.append(
-                    "The file fails the IATI schema. Its valid activities will be checked after the "
-                    f"safety period, from {_when(ends)}."
-                )
-        api_error = row.get("validation_api_error")
-        if api_error is not None:
-            reasons.append(f"The IATI Validator could not check the file: {_validator_error_text(int(api_error))}.")
 
-    # 3. What the validation report says about the whole file.
-    excluded = _excluded_by_report(report)
-    if report is not None:
-        critical = report["summary"].get("critical")
-        critical_text = f" ({critical} critical error{'s' if critical != 1 else ''})" if critical else ""
-        total, valid = report["activities"], report["valid_activities"]
-        version = report["iati_version"] or ""
-        if excluded == "organisation":
-            reasons.append("This is an organisation file: the IATI datastore holds activity files only.")
-        elif excluded == "not_iati":
+def _validation_wait_reasons(row: dict[str, Any], report: dict[str, Any] | None, settings: Settings) -> list[str]:
+    """Waiting before (or unable to get) a full validation report."""
+    if report is not None or row.get("downloaded") is None:
+        return []
+    reasons: list[str] = []
+    if row.get("file_schema_valid") is False:
+        ends = row.get("safety_period_ends")
+        if row.get("black_flag") is not None:
             reasons.append(
-                "This is not a readable IATI file: the validator found no <iati-activities> or "
-                "<iati-organisations> root, or the XML could not be parsed."
+                f"The publisher is paused since {_when(row['black_flag'])}: it published more than "
+                f"{settings.safety_check_threshold} schema-invalid files within "
+                f"{_hours(settings.safety_check_period_s)}. This file fails the IATI schema, so its "
+                "activities are checked one by one only after the publisher is unflagged."
             )
-        elif excluded == "version_1x":
-            reasons.append(f"The file uses IATI version {version}: version 1 files are no longer accepted.")
-        elif excluded == "unsupported_version":
+        elif ends is not None and row.get("checked_at") is not None and ends > row["checked_at"]:
             reasons.append(
-                f"The file uses IATI version {version}, which the datastore does not support "
-                f"(supported: {', '.join(SUPPORTED_VERSIONS)})."
+                "The file fails the IATI schema. Its valid activities will be checked after the "
+                f"safety period, from {_when(ends)}."
             )
-        elif excluded == "no_valid_activities":
-            reasons.append(
-                f"The file fails the IATI schema{critical_text} and none of its {total} activities is valid: "
-                "nothing from it can go to the datastore."
-            )
-        elif report["valid"] is False:
-            if total is not None and valid is not None:
-                reasons.append(
-                    f"The file fails the IATI schema{critical_text}: {valid} of {total} activities kept; "
-                    "the invalid ones are left out of the datastore."
-                )
-            else:
-                reasons.append(f"The file fails the IATI schema{critical_text}.")
-        if row.get("regenerate_validation_report"):
-            reasons.append("A new validation report was requested; the file will be validated again.")
+    api_error = row.get("validation_api_error")
+    if api_error is not None:
+        reasons.append(f"The IATI Validator could not check the file: {_validator_error_text(int(api_error))}.")
+    return reasons
 
-    # 4. A file with no activities.
+
+def _report_reasons(row: dict[str, Any], report: dict[str, Any] | None, excluded: str | None) -> list[str]:
+    """What the validation report says about the whole file."""
+    if report is None:
+        return []
+    reasons: list[str] = []
+    critical = report["summary"].get("critical")
+    critical_text = f" ({critical} critical error{'s' if critical != 1 else ''})" if critical else ""
+    total, valid = report["activities"], report["valid_activities"]
+    version = report["iati_version"] or ""
+    if excluded == "organisation":
+        reasons.append("This is an organisation file: the IATI datastore holds activity files only.")
+    elif excluded == "not_iati":
+        reasons.append(
+            "This is not a readable IATI file: the validator found no <iati-activities> or "
+            "<iati-organisations> root, or the XML could not be parsed."
+        )
+    elif excluded == "version_1x":
+        reasons.append(f"The file uses IATI version {version}: version 1 files are no longer accepted.")
+    elif excluded == "unsupported_version":
+        reasons.append(
+            f"The file uses IATI version {version}, which the datastore does not support "
+            f"(supported: {', '.join(SUPPORTED_VERSIONS)})."
+        )
+    elif excluded == "no_valid_activities":
+        reasons.append(
+            f"The file fails the IATI schema{critical_text} and none of its {total} activities is valid: "
+            "nothing from it can go to the datastore."
+        )
+    elif report["valid"] is False:
+        if total is not None and valid is not None:
+            reasons.append(
+                f"The file fails the IATI schema{critical_text}: {valid} of {total} activities kept; "
+                "the invalid ones are left out of the datastore."
+            )
+        else:
+            reasons.append(f"The file fails the IATI schema{critical_text}.")
+    if row.get("regenerate_validation_report"):
+        reasons.append("A new validation report was requested; the file will be validated again.")
+    return reasons
+
+
+def _content_reasons(row: dict[str, Any]) -> list[str]:
     if row.get("flatten_end") is not None and row.get("activity_count") == 0:
-        reasons.append("The file contains no activities.")
+        return ["The file contains no activities."]
+    return []
 
-    # 5. What our stages recorded: parked (skipped or gave up) and retries.
-    parked = by_stage.get(row.get("parked_stage") or "")
+
+def _stage_reasons(
+    row: dict[str, Any], stages: list[dict[str, Any]], excluded: str | None, settings: Settings
+) -> list[str]:
+    """What our stages recorded: parked (skipped or gave up) and retries."""
+    reasons: list[str] = []
+    code = row.get("download_error")
+    parked = {s["stage"]: s for s in stages}.get(row.get("parked_stage") or "")
     if parked is not None:
         where = STAGE_WORDS.get(parked["stage"], parked["stage"])
         message = parked.get("message") or parked.get("code") or "no detail recorded"
@@ -411,8 +439,12 @@ def _reasons(
                 f"(attempt {s['attempts']} of {settings.max_attempts}): {s.get('message') or s.get('code')}. "
                 f"Next try after {_when(s['next_attempt_at'])}."
             )
+    return reasons
 
-    # 6. What searchers see meanwhile.
+
+def _search_reasons(row: dict[str, Any], excluded: str | None) -> list[str]:
+    """What searchers see meanwhile."""
+    reasons: list[str] = []
     if _indexed_version(row) == "previous":
         reasons.append(
             "The previous version of this file is still searchable in the datastore while this version "

@@ -187,15 +187,22 @@ def run_pool(
         yield from run_documents(fn, docs, settings, size=size, connections=resolved, limits=limits)
         return
     size = max(1, min(size, len(docs)))
-    if kind == "inline" or size == 1:
-        with connections.preloaded(resolved):
+    with connections.preloaded(resolved):
+        if kind == "inline" or size == 1:
             for doc in docs:
                 yield doc, fn(doc, settings)
-        return
-    with connections.preloaded(resolved), ThreadPoolExecutor(max_workers=size, thread_name_prefix="refresher") as pool:
+        else:
+            yield from _run_in_threads(fn, docs, settings, size)
+
+
+def _run_in_threads(
+    fn: WorkerFn, docs: Sequence[dict[str, Any]], settings: Settings, size: int
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """``size`` threads of this process; at most 2 x size documents in flight, so big batches
+    don't pile up results."""
+    with ThreadPoolExecutor(max_workers=size, thread_name_prefix="refresher") as pool:
         pending: dict[Future[dict[str, Any]], dict[str, Any]] = {}
         queue = list(docs)
-        # Keep at most 2 x size documents in flight: big batches don't pile up results.
         while queue or pending:
             while queue and len(pending) < 2 * size:
                 doc = queue.pop(0)

@@ -10,14 +10,11 @@ import json
 import re
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from iati_refresher.storage import AzureBlobStore
+from tests.e2e.world import World
 from tests.standins.registry_server import HTML_ERROR_PAGE, RegistryStandIn, bds_dataset, bds_org
 from tests.standins.validator_server import ValidatorStandin
-from tests.support import services
 
 pytestmark = pytest.mark.e2e
 
@@ -38,34 +35,6 @@ def big_activity_file(copies: int) -> bytes:
         for n in range(copies)
     )
     return (head + repeated + "</iati-activities>" + tail).encode("utf-8")
-
-
-class World:
-    """The registry, validator and storage a run sees, plus helpers to inspect the results."""
-
-    def __init__(self, registry: RegistryStandIn, validator: ValidatorStandin, azurite, conninfo: str):
-        self.registry = registry
-        self.validator = validator
-        self.blobs = AzureBlobStore(azurite.connection_string)
-        self.conninfo = conninfo
-        self.files: dict[str, tuple[str, str]] = {}
-
-    def publish(self, name: str, data: bytes) -> tuple[str, str]:
-        self.files[name] = self.registry.add_dataset_file(name, data)
-        return self.files[name]
-
-    def rows(self, sql: str, *args) -> list[dict]:
-        with psycopg.connect(self.conninfo, row_factory=dict_row) as conn:
-            return conn.execute(sql, args).fetchall()
-
-    def doc(self, doc_id: str) -> dict:
-        rows = self.rows("SELECT * FROM document WHERE id = %s", doc_id)
-        assert rows, f"no document {doc_id}"
-        return rows[0]
-
-    def stage(self, doc_id: str, stage: str) -> dict | None:
-        rows = self.rows("SELECT * FROM document_stage WHERE document_id = %s AND stage = %s", doc_id, stage)
-        return rows[0] if rows else None
 
 
 @pytest.fixture
@@ -94,7 +63,7 @@ def world(refresher_env, azurite, pg_dbname, monkeypatch):
         monkeypatch.setenv("REFRESHER_SAFETY_CHECK_PERIOD_S", "0")
         for c in ("source", "clean", "lake", "flat"):
             monkeypatch.setenv(f"REFRESHER_{c.upper()}_CONTAINER", f"{c}-{pg_dbname[-8:]}")
-        yield World(registry, validator, azurite, services.conninfo(pg_dbname))
+        yield World(pg_dbname[-8:], pg_dbname, registry, validator, None, None, azurite)
 
 
 def container(world: World, name: str) -> str:
@@ -104,11 +73,13 @@ def container(world: World, name: str) -> str:
 
 
 def test_first_load_then_changes_then_a_broken_index(world: World, run_dag) -> None:
-    valid_url, valid_hash = world.publish("valid.xml", (SAMPLE / "meadowlark-activities.xml").read_bytes())
-    mixed_url, mixed_hash = world.publish("mixed.xml", (SAMPLE / "meadowlark-mixed.xml").read_bytes())
-    html_url, html_hash = world.publish("html.xml", HTML_ERROR_PAGE)
-    big_url, big_hash = world.publish("big.xml", big_activity_file(12))
-    cp1252_url, cp1252_hash = world.publish("cp1252.xml", (SAMPLE / "riverbend-sanitation-cp1252.xml").read_bytes())
+    valid_url, valid_hash = world.publish_file("valid.xml", (SAMPLE / "meadowlark-activities.xml").read_bytes())
+    mixed_url, mixed_hash = world.publish_file("mixed.xml", (SAMPLE / "meadowlark-mixed.xml").read_bytes())
+    html_url, html_hash = world.publish_file("html.xml", HTML_ERROR_PAGE)
+    big_url, big_hash = world.publish_file("big.xml", big_activity_file(12))
+    cp1252_url, cp1252_hash = world.publish_file(
+        "cp1252.xml", (SAMPLE / "riverbend-sanitation-cp1252.xml").read_bytes()
+    )
     publishers = [bds_org(ORG_A, "org-a"), bds_org(ORG_B, "org-b")]
     datasets = [
         bds_dataset("d-valid", "org-a-valid", ORG_A, cached_url=valid_url, hash_=valid_hash),
@@ -179,7 +150,7 @@ def test_first_load_then_changes_then_a_broken_index(world: World, run_dag) -> N
     assert len(added) == 7
 
     # --- second run: one dataset changed, one removed, a publisher renamed ---------------------
-    new_url, new_hash = world.publish(
+    new_url, new_hash = world.publish_file(
         "valid-v2.xml",
         (SAMPLE / "meadowlark-activities.xml")
         .read_bytes()

@@ -65,7 +65,11 @@ FAST_SETTINGS = {
 
 
 class World:
-    """The services of one pipeline under test, and ways to look at what it did."""
+    """The services of one pipeline under test, and ways to look at what it did.
+
+    The reliability suites open a complete world (:func:`open_world`); a suite that sets its
+    own environment may leave out Solr and Slack.
+    """
 
     def __init__(
         self,
@@ -73,8 +77,8 @@ class World:
         dbname: str,
         registry: RegistryStandIn,
         validator: ValidatorStandin,
-        solr: SolrStandin,
-        slack: SlackWebhookServer,
+        solr: SolrStandin | None,
+        slack: SlackWebhookServer | None,
         azurite: services.Azurite,
     ):
         self.tag = tag
@@ -85,6 +89,7 @@ class World:
         self.containers = {role: f"{role}-{tag}" for role in ROLES}
         self.datasets: dict[str, dict[str, Any]] = {}
         self.publishers = [bds_org(ORG_A, "org-a"), bds_org(ORG_B, "org-b")]
+        self.files: dict[str, tuple[str, str]] = {}
 
     # --- the environment a deployment would set ----------------------------------------------
 
@@ -119,6 +124,11 @@ class World:
         if route:
             url = url.replace(self.registry.url, self.registry.url + route, 1)
         self.datasets[doc_id] = bds_dataset(doc_id, name, org, cached_url=url, hash_=hash_)
+
+    def publish_file(self, name: str, data: bytes) -> tuple[str, str]:
+        """Serve ``data`` as ``name`` (not listed: the test builds the index); (url, hash)."""
+        self.files[name] = self.registry.add_dataset_file(name, data)
+        return self.files[name]
 
     def serve(self, stamp: int = 1_800_000_000, only: list[str] | None = None) -> None:
         listed = [d for k, d in self.datasets.items() if only is None or k in only]
@@ -261,13 +271,16 @@ def quick_dag_test(dag: Any) -> Iterator[None]:
             dag.task_dict[task_id].max_retry_delay = max_delay
 
 
-def run_dag(dagbag: Any, dag_id: str, conf: dict[str, Any] | None = None) -> tuple[Any, dict[str, str], dict[str, int]]:
-    """Run ``dag_id`` once; returns (dag run, {task[map]: state}, {task[map]: try number})."""
+def run_dag(
+    dagbag: Any, dag_id: str, conf: dict[str, Any] | None = None, *, quick: bool = True
+) -> tuple[Any, dict[str, str], dict[str, int]]:
+    """Run ``dag_id`` once through ``dag.test()``; returns (dag run, {task[map]: state},
+    {task[map]: try number}).  ``quick``: without its idle seconds (:func:`quick_dag_test`)."""
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
     dag = dagbag.dags[dag_id]
-    with quick_dag_test(dag):
+    with quick_dag_test(dag) if quick else contextlib.nullcontext():
         dag_run = dag.test(run_conf=conf) if conf is not None else dag.test()
     with create_session() as session:
         tis = (

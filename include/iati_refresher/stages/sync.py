@@ -98,22 +98,40 @@ def sync_snapshot(
     """
     result = SyncResult(source=snapshot.source)
     result.rejected.extend(getattr(snapshot, "rejected", []) or [])
-    refusal = safety_refusal(
+    result.refused = _refusal(conn, snapshot, publisher_safety_share, document_safety_share)
+    if result.refused:
+        conn.rollback()
+        return result
+    _apply_publishers(conn, snapshot.publishers, seen_at, result)
+    old_versions = _apply_datasets(conn, snapshot.datasets, seen_at, run_id, result)
+    stale = _remove_stale(conn, seen_at, run_id, result)
+    conn.commit()
+    _clean_up_after_commit(result, old_versions, stale, remove_version, remove_dataset)
+    return result
+
+
+def _refusal(conn: Db, snapshot: Any, publisher_safety_share: float, document_safety_share: float) -> str | None:
+    """The safety gate: a registry that lost too many publishers or datasets is not applied."""
+    return safety_refusal(
         repo.count_publishers(conn), len(snapshot.publishers), publisher_safety_share, "publishers"
     ) or safety_refusal(repo.count_documents(conn), len(snapshot.datasets), document_safety_share, "datasets")
-    if refusal:
-        conn.rollback()
-        result.refused = refusal
-        return result
 
-    for pub in snapshot.publishers:
+
+def _apply_publishers(conn: Db, publishers: list[dict[str, Any]], seen_at: datetime, result: SyncResult) -> None:
+    for pub in publishers:
         if _in_savepoint(conn, result, pub, repo.upsert_publisher, seen_at) is not None:
             result.publishers_seen += 1
 
+
+def _apply_datasets(
+    conn: Db, datasets: list[dict[str, Any]], seen_at: datetime, run_id: str | None, result: SyncResult
+) -> list[tuple[str, str]]:
+    """Store every dataset (unchanged ones touched in bulk), record each change; returns the
+    (document id, old hash) of every replaced version, for the clean-up after the commit."""
     old_versions: list[tuple[str, str]] = []
-    touched = _touch_unchanged(conn, snapshot.datasets, seen_at)
+    touched = _touch_unchanged(conn, datasets, seen_at)
     result.unchanged += len(touched)
-    for ds in snapshot.datasets:
+    for ds in datasets:
         if ds.get("id") in touched:
             continue
         upserted = _in_savepoint(conn, result, ds, repo.upsert_document, seen_at)
@@ -136,7 +154,11 @@ def sync_snapshot(
         )
         if change == "updated" and old_hash:
             old_versions.append((ds["id"], old_hash))
+    return old_versions
 
+
+def _remove_stale(conn: Db, seen_at: datetime, run_id: str | None, result: SyncResult) -> list[dict[str, Any]]:
+    """Delete the datasets (and publishers) the registry no longer lists; returns the datasets."""
     stale = repo.stale_documents(conn, seen_at)
     for doc in stale:
         repo.record_registry_change(
@@ -152,13 +174,21 @@ def sync_snapshot(
         repo.delete_document(conn, doc["id"])
         result.removed.append(doc["id"])
     result.publishers_removed = repo.delete_stale_publishers(conn, seen_at)
-    conn.commit()
+    return stale
 
+
+def _clean_up_after_commit(
+    result: SyncResult,
+    old_versions: list[tuple[str, str]],
+    stale: list[dict[str, Any]],
+    remove_version: RemoveVersion,
+    remove_dataset: RemoveDataset,
+) -> None:
+    """Blob and Solr clean-up, after the commit (failures recorded; reconciliation finishes)."""
     for doc_id, old_hash in old_versions:
         _cleanup(result, f"old version {old_hash} of {doc_id}", functools.partial(remove_version, doc_id, old_hash))
     for doc in stale:
         _cleanup(result, f"removed dataset {doc['id']}", functools.partial(remove_dataset, doc["id"], doc["hash"]))
-    return result
 
 
 def _touch_unchanged(conn: Db, datasets: list[dict[str, Any]], seen_at: datetime) -> set[str]:

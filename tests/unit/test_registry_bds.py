@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from iati_refresher import connections
 from iati_refresher.net import http_client
 from iati_refresher.registry.base import RegistryInconsistent, RegistryUnavailable
 from iati_refresher.registry.bds import BulkDataServiceSource, snapshot_from_indices
@@ -219,6 +220,13 @@ def test_a_registry_on_a_refused_address_is_unavailable(server: RegistryStandIn)
 # --- choosing the source: registry_for and the hook -----------------------------------------------------------
 
 
+@pytest.fixture
+def environment_connections_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections from AIRFLOW_CONN_* variables only (as the CLI reads them), not Airflow's store."""
+    monkeypatch.setattr(connections, "_ENVIRONMENT_ONLY", True)
+
+
+@pytest.mark.usefixtures("environment_connections_only")
 def test_registry_for_uses_the_connection_when_configured(
     server: RegistryStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,21 +234,20 @@ def test_registry_for_uses_the_connection_when_configured(
         "AIRFLOW_CONN_IATI_REGISTRY",
         json.dumps({"conn_type": "http", "host": server.url, "extra": {"dataset_index_path": "/datasets-minimal"}}),
     )
-    src = registry_for(SETTINGS.replace(bds_url="http://127.0.0.1:9"), use_airflow=False)
+    src = registry_for(SETTINGS.replace(bds_url="http://127.0.0.1:9"))
     assert isinstance(src, BulkDataServiceSource)
     assert src.dataset_index_url == f"{server.url}/datasets-minimal"
     assert len(src.fetch(None).datasets) == 3
     src.close()
 
 
+@pytest.mark.usefixtures("environment_connections_only")
 def test_registry_for_falls_back_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_IATI_REGISTRY", raising=False)
-    bds = registry_for(SETTINGS.replace(bds_url="https://bds.example.org/"), use_airflow=False)
+    bds = registry_for(SETTINGS.replace(bds_url="https://bds.example.org/"))
     assert isinstance(bds, BulkDataServiceSource)
     assert bds.reporting_org_index_url == "https://bds.example.org/reporting-orgs"
-    ckan = registry_for(
-        SETTINGS.replace(registry_source="ckan", ckan_url="https://ckan.example.org"), use_airflow=False
-    )
+    ckan = registry_for(SETTINGS.replace(registry_source="ckan", ckan_url="https://ckan.example.org"))
     assert isinstance(ckan, CkanRegistrySource)
     assert ckan.api_url == "https://ckan.example.org/api/3/action/"
     with pytest.raises(ValueError, match="registry_source"):

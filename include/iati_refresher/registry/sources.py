@@ -52,14 +52,10 @@ def build_source(
     return CkanRegistrySource(base_url, http, settings, owns_client=owns_client)
 
 
-def registry_for(settings: Settings, *, use_airflow: bool = True) -> RegistrySource:
+def registry_for(settings: Settings) -> RegistrySource:
     """The configured registry source: the ``iati_registry`` connection when there is one,
-    else ``settings.bds_url`` / ``settings.ckan_url``.
-
-    :param use_airflow: also look in Airflow's connection store (``False`` reads only
-        ``AIRFLOW_CONN_IATI_REGISTRY``, without importing Airflow's machinery).
-    """
-    conn = connections.get_connection(connections.REGISTRY, use_airflow=use_airflow)
+    else ``settings.bds_url`` / ``settings.ckan_url``."""
+    conn = connections.get_connection(connections.REGISTRY)
     if conn is not None and conn.host:
         return build_source(settings, conn.base_url(default_scheme="https"), extra=conn.extra)
     default = settings.ckan_url if settings.registry_source.strip().lower() == "ckan" else settings.bds_url

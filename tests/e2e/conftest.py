@@ -60,3 +60,22 @@ def run_dag(dagbag) -> Callable[..., Any]:
         return dag_run, states
 
     return run
+
+
+@pytest.fixture(scope="module")
+def reference(pg_template, azurite, dagbag):
+    """The digest of one fault-free run of the corpus (its own database, containers and Solr)."""
+    from tests.e2e.world import reference_digest
+
+    return reference_digest(pg_template, azurite, dagbag)
+
+
+@pytest.fixture
+def world(pg_dbname, azurite, monkeypatch):
+    """A complete world (tests/e2e/world.py) serving the six-dataset corpus; suites that need
+    another world define their own ``world``."""
+    from tests.e2e.world import open_world
+
+    with open_world(pg_dbname[-12:].replace("_", "-"), pg_dbname, azurite, monkeypatch) as w:
+        w.publish_corpus()
+        yield w

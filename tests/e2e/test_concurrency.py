@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,25 +26,13 @@ import pytest
 from iati_refresher import pipeline
 from iati_refresher.db import repository as repo
 from iati_refresher.db.connection import connect
-from tests.e2e.world import ORG_A, World, assert_converged, open_world, reference_digest
-from tests.support import digest, hostile
+from tests.e2e.world import ORG_A, World, assert_converged
+from tests.support import hostile
 
 pytestmark = pytest.mark.e2e
 
 STAGES = pipeline.STAGES
 DAG_ID = "iati_refresh"
-
-
-@pytest.fixture(scope="module")
-def reference(pg_template, azurite, dagbag) -> digest.Digest:
-    return reference_digest(pg_template, azurite, dagbag)
-
-
-@pytest.fixture
-def world(pg_dbname, azurite, monkeypatch) -> Iterator[World]:
-    with open_world(pg_dbname[-12:].replace("_", "-"), pg_dbname, azurite, monkeypatch) as w:
-        w.publish_corpus()
-        yield w
 
 
 def run_stage(stage: str, run_id: str) -> list[dict[str, Any]]:

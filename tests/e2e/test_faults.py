@@ -32,8 +32,8 @@ from iati_refresher import pipeline
 from iati_refresher.db import repository as repo
 from iati_refresher.db.connection import connect
 from iati_refresher.sample.server import Reply
-from tests.e2e.world import INDEXED, SECRETS, World, assert_converged, open_world, reference_digest, run_dag, succeeded
-from tests.support import digest, services
+from tests.e2e.world import INDEXED, SECRETS, World, assert_converged, run_dag, succeeded
+from tests.support import services
 
 pytestmark = pytest.mark.e2e
 
@@ -41,19 +41,6 @@ STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
 
 
 # --- the fault-free reference ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def reference(pg_template, azurite, dagbag) -> digest.Digest:
-    """The digest of one fault-free run of the corpus (its own database, containers and Solr)."""
-    return reference_digest(pg_template, azurite, dagbag)
-
-
-@pytest.fixture
-def world(pg_dbname, azurite, monkeypatch) -> Iterator[World]:
-    with open_world(pg_dbname[-12:].replace("_", "-"), pg_dbname, azurite, monkeypatch) as w:
-        w.publish_corpus()
-        yield w
 
 
 def failed_rows(world: World, stage: str) -> dict[str, dict[str, Any]]:

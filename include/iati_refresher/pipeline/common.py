@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import traceback
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,8 +9,6 @@ from datetime import UTC, datetime
 from iati_refresher.db import migrate
 from iati_refresher.db.connection import open_refresher_db
 from iati_refresher.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
 
 
 def exception_text(exc: BaseException) -> str:

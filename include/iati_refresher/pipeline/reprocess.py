@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,8 +10,6 @@ from iati_refresher.pipeline.batches import run_batch, unavailable_reason
 from iati_refresher.pipeline.common import database
 from iati_refresher.settings import Settings, get_settings
 from iati_refresher.stage_specs import STAGES, first_stage
-
-log = logging.getLogger(__name__)
 
 
 def select_for_reprocess(

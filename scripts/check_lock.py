@@ -3,7 +3,9 @@
 Every requirement of ``requirements-dev.txt`` (and the files it includes with ``-r``) and every
 dependency of ``pyproject.toml`` must be pinned in the lock (``name==version``), at a version
 its specifier allows, with the packages of its extras (``psycopg[binary]`` → ``psycopg-binary``)
-locked too.  Run ``make lock`` when it fails.
+locked too; and nothing may stay locked only because a requirements file asked for it when the
+files no longer do (the lock's ``# via -r requirements.txt`` comments).  Run ``make lock`` when
+it fails.  (It does not re-resolve: a new release of a dependency is not "stale".)
 
     python scripts/check_lock.py [--lock requirements.lock] [--project pyproject.toml] [REQUIREMENTS ...]
 
@@ -56,16 +58,42 @@ def project_dependencies(pyproject: Path) -> list[tuple[Requirement, str]]:
 
 def read_lock(path: Path) -> dict[str, Version]:
     """``name -> version`` of every ``name==version`` line of a uv/pip-compile lock."""
-    pins: dict[str, Version] = {}
+    return {name: version for name, (version, _) in read_lock_entries(path).items()}
+
+
+def read_lock_entries(path: Path) -> dict[str, tuple[Version, list[str]]]:
+    """``name -> (version, via)`` of a uv/pip-compile lock: its pins with what each is there for
+    (the ``# via`` comments: package names, or ``-r requirements.txt`` for a direct requirement)."""
+    entries: dict[str, tuple[Version, list[str]]] = {}
+    via: list[str] | None = None
     for raw in path.read_text(encoding="utf-8").splitlines():
+        comment = raw.split("#", 1)[1].strip() if "#" in raw else ""
         line = raw.split("#", 1)[0].split(";", 1)[0].strip().rstrip("\\").strip()
-        if not line or line.startswith("-"):
+        if not line:
+            if via is not None and raw.startswith((" ", "\t")) and comment:
+                via.append(comment.removeprefix("via").strip())
+            continue
+        if line.startswith("-"):
             continue
         if "==" not in line:
             raise SystemExit(f"{path.name}: not a pin: {raw!r}")
         name, version = line.split("==", 1)
-        pins[canonicalize_name(name.split("[", 1)[0])] = Version(version.strip())
-    return pins
+        via = []
+        entries[canonicalize_name(name.split("[", 1)[0])] = (Version(version.strip()), via)
+    return entries
+
+
+def leftovers(requirements: list[tuple[Requirement, str]], entries: dict[str, tuple[Version, list[str]]]) -> list[str]:
+    """Packages the lock holds only as direct requirements that no requirement names any more."""
+    named = {canonicalize_name(req.name) for req, _ in requirements}
+    found = []
+    for name, (version, via) in entries.items():
+        reasons = [v for v in via if v]
+        if reasons and all(v.startswith("-r ") for v in reasons) and name not in named:
+            found.append(
+                f"{name}=={version} is locked for {', '.join(r[3:] for r in reasons)}, which no longer lists it"
+            )
+    return found
 
 
 def problems(requirements: list[tuple[Requirement, str]], pins: dict[str, Version]) -> list[str]:
@@ -101,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     requirements = [r for path in args.requirements for r in read_requirements(path)]
     if str(args.project) not in ("", "."):
         requirements += project_dependencies(args.project)
-    pins = read_lock(args.lock)
-    found = problems(requirements, pins)
+    entries = read_lock_entries(args.lock)
+    pins = {name: version for name, (version, _) in entries.items()}
+    found = problems(requirements, pins) + leftovers(requirements, entries)
     if found:
         print(f"{args.lock.name} is stale (run `make lock`):", file=sys.stderr)
         for problem in found:

@@ -86,6 +86,20 @@ def test_the_project_dependencies_are_checked(tmp_path, capsys):
     assert "chardet is not in the lock" in capsys.readouterr().err
 
 
+def test_a_package_locked_for_a_requirement_nobody_asks_for_any_more_fails(tmp_path, capsys):
+    # httpx is locked "via -r requirements.txt", but requirements.txt no longer lists it
+    assert check_lock.main(_write(tmp_path, "psycopg[binary]\n", LOCK)) == 1
+    assert "httpx==0.28.1 is locked for requirements.txt, which no longer lists it" in capsys.readouterr().err
+
+
+def test_the_via_comments_are_read_in_both_forms(tmp_path):
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(LOCK + "anyio==4.9.0\n    # via\n    #   httpx\n    #   -r requirements.txt\n")
+    entries = check_lock.read_lock_entries(lock)
+    assert entries["httpx"][1] == ["-r requirements.txt"]
+    assert entries["anyio"][1] == ["", "httpx", "-r requirements.txt"]
+
+
 def test_a_broken_lock_line_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="not a pin"):
         check_lock.main(_write(tmp_path, "httpx\n", LOCK + "httpx>=0.28\n"))

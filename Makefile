@@ -1,6 +1,8 @@
 # IATI Refresher on Airflow — the commands a newcomer runs.
 #   make run    the whole pipeline once, offline, on embedded defaults (sample registry)
 #   make test   the whole test suite (installs everything it needs first)
+#   make check  code quality: ruff, ruff format --check, mypy, the lock matches requirements*.txt
+#   make test-fast  the unit tier: no PostgreSQL, no Azurite, no Airflow run (about half a minute)
 #   make up     Airflow locally (http://127.0.0.1:8080, admin / admin); EXECUTOR=celery for Celery workers
 #   make down   stop what make up / make run started
 
@@ -14,7 +16,7 @@ SCHEMAS := include/iati_refresher/validation/schemas/SOURCE.txt
 AZURITE := tools/node_modules/.bin/azurite-blob
 export REFRESHER_LOCAL_PG_PORT ?= 55432
 
-.PHONY: deps run test test-fast up down trigger solr ui-failed-run ui-connections lint lock ui-check bench conformance clean services
+.PHONY: deps check run test test-fast up down trigger solr ui-failed-run ui-connections lint lock ui-check bench conformance clean services
 
 deps: $(STAMP) $(SCHEMAS) $(AZURITE)
 
@@ -48,8 +50,18 @@ services: deps
 test: deps
 	$(PY) -m pytest -q
 
-test-fast: deps
-	$(PY) -m pytest -q -m "not e2e and not slow"
+# The unit tier: tests/unit and tests/dags without the tests that use a service fixture (they
+# are marked `services` by tests/conftest.py); REFRESHER_TEST_NO_SERVICES makes any server a
+# test would start anyway fail at once instead.
+test-fast: $(STAMP) $(SCHEMAS)
+	REFRESHER_TEST_NO_SERVICES=1 $(PY) -m pytest -q -m "not services and not e2e and not deploy and not solr and not slow" tests/unit tests/dags
+
+# Code quality, as CI runs it before the tests (pyproject.toml configures each tool).
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(PY) scripts/check_lock.py
 
 run: deps
 	$(PY) scripts/run_sample.py
@@ -81,8 +93,8 @@ ui-failed-run: deps
 ui-connections: deps
 	$(PY) scripts/ui_connections.py
 
-lint: deps
-	$(VENV)/bin/ruff check dags include plugins tests bench scripts
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 lock:
 	$(PY) -m uv pip compile -q --python-version 3.11 requirements-dev.txt -o requirements.lock

@@ -66,11 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         get = measure(store, azurite.proc.pid, names, args.threads, lambda n: store.get_bytes("lake", n))
     finally:
         azurite.stop()
-    print(f"{args.blobs} blobs of {args.kb} kB, {args.threads} threads, Azurite "
-          f"{'in memory' if args.in_memory else 'on disk'}")
+    print(
+        f"{args.blobs} blobs of {args.kb} kB, {args.threads} threads, Azurite "
+        f"{'in memory' if args.in_memory else 'on disk'}"
+    )
     for what, r in (("put", put), ("get", get)):
-        print(f"  {what}: {r['requests_per_s']} requests/s; CPU per request: this process "
-              f"{r['client_cpu_ms']} ms, Azurite {r['azurite_cpu_ms']} ms")
+        print(
+            f"  {what}: {r['requests_per_s']} requests/s; CPU per request: this process "
+            f"{r['client_cpu_ms']} ms, Azurite {r['azurite_cpu_ms']} ms"
+        )
     return 0
 
 

@@ -42,9 +42,7 @@ def _pretty(value: Any) -> list[str]:
 
 
 def _diff(expected: Any, actual: Any) -> str:
-    return "\n".join(
-        difflib.unified_diff(_pretty(expected), _pretty(actual), "expected", "actual", lineterm="", n=2)
-    )
+    return "\n".join(difflib.unified_diff(_pretty(expected), _pretty(actual), "expected", "actual", lineterm="", n=2))
 
 
 def _judge(area: str, case: str, expected: Any, actual: Any) -> tuple[bool, str]:

@@ -102,27 +102,45 @@ def _corpus_registry_class() -> type:
                 route = f"{FILES_PREFIX}{entry['file']}"
                 paths[route] = (self.corpus / "files" / entry["file"], entry["hash"])
                 url = f"{self.url}{route}"
-                datasets.append({
-                    "id": entry["id"], "short_name": entry["short_name"],
-                    "reporting_org_id": orgs[entry["publisher"]]["id"],
-                    "reporting_org_short_name": entry["publisher"],
-                    "source_url": f"https://{entry['publisher']}.example.org/{entry['file']}",
-                    "license_id": "cc-by", "last_update_check": stamp,
-                    "last_known_good_dataset": {
-                        "downloaded": stamp, "verified_on_server": stamp, "hash": entry["hash"],
-                        "hash_excluding_generated_timestamp": entry["hash"], "cached_dataset_url_xml": url,
-                        "cached_dataset_xml_url": url, "cached_dataset_url_zip": None,
-                    },
-                })
-            publishers = [] if empty else [
-                {k: p.get(k) for k in ("id", "short_name", "human_readable_name", "iati_identifier")}
-                for p in manifest["publishers"]
-            ]
+                datasets.append(
+                    {
+                        "id": entry["id"],
+                        "short_name": entry["short_name"],
+                        "reporting_org_id": orgs[entry["publisher"]]["id"],
+                        "reporting_org_short_name": entry["publisher"],
+                        "source_url": f"https://{entry['publisher']}.example.org/{entry['file']}",
+                        "license_id": "cc-by",
+                        "last_update_check": stamp,
+                        "last_known_good_dataset": {
+                            "downloaded": stamp,
+                            "verified_on_server": stamp,
+                            "hash": entry["hash"],
+                            "hash_excluding_generated_timestamp": entry["hash"],
+                            "cached_dataset_url_xml": url,
+                            "cached_dataset_xml_url": url,
+                            "cached_dataset_url_zip": None,
+                        },
+                    }
+                )
+            publishers = (
+                []
+                if empty
+                else [
+                    {k: p.get(k) for k in ("id", "short_name", "human_readable_name", "iati_identifier")}
+                    for p in manifest["publishers"]
+                ]
+            )
             self.paths = paths
-            self.dataset_index = {"index_created": stamp, "index_created_unix_timestamp": index_created,
-                                  "datasets": datasets}
-            self.reporting_org_index = {"index_created": stamp, "index_created_unix_timestamp": index_created,
-                                        "reporting_orgs": publishers}
+            self.dataset_index = {
+                "index_created": stamp,
+                "index_created_unix_timestamp": index_created,
+                "datasets": datasets,
+            }
+            self.reporting_org_index = {
+                "index_created": stamp,
+                "index_created_unix_timestamp": index_created,
+                "reporting_orgs": publishers,
+            }
             return len(datasets)
 
         def record(self, request: Any) -> None:
@@ -141,9 +159,7 @@ def _corpus_registry_class() -> type:
 def _lean_solr_class() -> type:
     from tests.standins import solr_server as s
 
-    document_query = re.compile(
-        rf'^{DOC_FIELD}:"((?:\\.|[^"\\])*)"(?:\s+AND\s+(?!.*\bOR\b)(?!.*\|\|).*)?$', re.DOTALL
-    )
+    document_query = re.compile(rf'^{DOC_FIELD}:"((?:\\.|[^"\\])*)"(?:\s+AND\s+(?!.*\bOR\b)(?!.*\|\|).*)?$', re.DOTALL)
     kept = ("id", DOC_FIELD, HASH_FIELD)
     _MISSING = object()
     _STRING_CLASSES = {"StrField", "TextField", "SortableTextField"}
@@ -222,7 +238,8 @@ def _lean_solr_class() -> type:
                     continue
                 if len(values) > 1 and not definition.multi:
                     raise s.SolrRequestError(
-                        400, f"ERROR: [doc={label}] multiple values encountered for non multiValued field {name}: "
+                        400,
+                        f"ERROR: [doc={label}] multiple values encountered for non multiValued field {name}: "
                         f"{json.dumps(values)[:200]}",
                     )
                 if definition.cls in _STRING_CLASSES and all(v.__class__ is str for v in values):
@@ -301,16 +318,24 @@ def _lean_solr_class() -> type:
                 else:
                     page = hits[start : start + rows]
                 fl = s._field_list(first.get("fl"))
-                answer["response"] = {"numFound": found, "start": start, "numFoundExact": True,
-                                      "docs": [s._project(doc, fl, schema) for doc in page]}
+                answer["response"] = {
+                    "numFound": found,
+                    "start": start,
+                    "numFoundExact": True,
+                    "docs": [s._project(doc, fl, schema) for doc in page],
+                }
                 return answer
             finally:
                 self.busy_s += time.perf_counter() - started
 
         def stats(self) -> dict[str, Any]:
             with self._lock:
-                return {"busy_s": round(self.busy_s, 3), "added": self.added, "requests": self.requests,
-                        "documents": {n: len(c) for n, c in self.cores.items()}}
+                return {
+                    "busy_s": round(self.busy_s, 3),
+                    "added": self.added,
+                    "requests": self.requests,
+                    "documents": {n: len(c) for n, c in self.cores.items()},
+                }
 
     return LeanSolrStandin
 
@@ -499,8 +524,13 @@ class WorkerSampler(threading.Thread):
                 kind, peak = self.peaks.get(pid, ("", 0))
                 if not kind:
                     command = _cmdline(pid)
-                    kind = ("worker" if "iati_refresher.worker_pool" in command
-                            else "resource_tracker" if "resource_tracker" in command else "other")
+                    kind = (
+                        "worker"
+                        if "iati_refresher.worker_pool" in command
+                        else "resource_tracker"
+                        if "resource_tracker" in command
+                        else "other"
+                    )
                 self.peaks[pid] = (kind, max(peak, hwm))
 
     def take(self) -> dict[str, Any]:
@@ -509,9 +539,13 @@ class WorkerSampler(threading.Thread):
         with self._lock:
             peaks, self.peaks = self.peaks, {}
         workers = [kb for kind, kb in peaks.values() if kind == "worker"]
-        return {"workers_seen": len(workers), "worker_peak_rss_mb": round(max(workers, default=0) / 1024, 1),
-                "other_children_peak_rss_mb": round(max((kb for k, kb in peaks.values() if k == "other"),
-                                                        default=0) / 1024, 1)}
+        return {
+            "workers_seen": len(workers),
+            "worker_peak_rss_mb": round(max(workers, default=0) / 1024, 1),
+            "other_children_peak_rss_mb": round(
+                max((kb for k, kb in peaks.values() if k == "other"), default=0) / 1024, 1
+            ),
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -548,8 +582,14 @@ def idle_polls() -> Iterator[dict[str, float]]:
 class BodyTimer:
     """Wraps the pipeline functions the DAG's tasks call and records how long each call took."""
 
-    WRAPPED = ("migrate_database", "sync_registry", "registry_change_counts", "safety_check", "plan_batches",
-               "run_batch", "summarise_run")
+    WRAPPED = (
+        "migrate_database",
+        "sync_registry",
+        "safety_check",
+        "plan_batches",
+        "run_batch",
+        "summarise_run",
+    )
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -608,8 +648,10 @@ class SearchableWatcher(threading.Thread):
                 waiting = [i for i in self.ids if i not in self.first_seen]
                 if not waiting:
                     return
-                hashes = {r["id"]: r["hash"] for r in conn.execute(
-                    "SELECT id, hash FROM document WHERE id = ANY(%s)", (waiting,)).fetchall()}
+                hashes = {
+                    r["id"]: r["hash"]
+                    for r in conn.execute("SELECT id, hash FROM document WHERE id = ANY(%s)", (waiting,)).fetchall()
+                }
                 conn.rollback()
                 for doc_id, hash_ in hashes.items():
                     q = f'{DOC_FIELD}:"{doc_id}" AND {HASH_FIELD}:"{hash_}"'
@@ -622,9 +664,12 @@ class SearchableWatcher(threading.Thread):
         self._halt.set()
         self.join(30)
         seconds = sorted(self.first_seen.values())
-        return {"changed": len(self.ids), "seen_by_a_query": len(seconds),
-                "median_s": round(seconds[len(seconds) // 2], 1) if seconds else None,
-                "max_s": round(seconds[-1], 1) if seconds else None}
+        return {
+            "changed": len(self.ids),
+            "seen_by_a_query": len(seconds),
+            "median_s": round(seconds[len(seconds) // 2], 1) if seconds else None,
+            "max_s": round(seconds[-1], 1) if seconds else None,
+        }
 
 
 class Bench:
@@ -645,19 +690,36 @@ class Bench:
 
     def make_corpus(self) -> dict[str, Any]:
         manifest_path = self.corpus / "registry.json"
-        wanted = {"datasets": self.args.datasets, "publishers": self.args.publishers,
-                  "activities": self.args.activities, "seed": self.args.seed}
+        wanted = {
+            "datasets": self.args.datasets,
+            "publishers": self.args.publishers,
+            "activities": self.args.activities,
+            "seed": self.args.seed,
+        }
         if manifest_path.exists():
             generator = json.loads(manifest_path.read_text(encoding="utf-8"))["generator"]
             if all(generator.get(k) == v for k, v in wanted.items()) and not generator.get("changes"):
                 print(f"corpus: reusing {self.corpus}", flush=True)
                 return self._corpus_summary()
             shutil.rmtree(self.corpus)
-        print(f"corpus: generating {self.args.datasets} datasets / {self.args.activities} activities "
-              f"in {self.corpus} ...", flush=True)
-        command = [sys.executable, str(PROJECT / "bench" / "make_corpus.py"), str(self.corpus),
-                   "--datasets", str(self.args.datasets), "--publishers", str(self.args.publishers),
-                   "--activities", str(self.args.activities), "--seed", str(self.args.seed)]
+        print(
+            f"corpus: generating {self.args.datasets} datasets / {self.args.activities} activities "
+            f"in {self.corpus} ...",
+            flush=True,
+        )
+        command = [
+            sys.executable,
+            str(PROJECT / "bench" / "make_corpus.py"),
+            str(self.corpus),
+            "--datasets",
+            str(self.args.datasets),
+            "--publishers",
+            str(self.args.publishers),
+            "--activities",
+            str(self.args.activities),
+            "--seed",
+            str(self.args.seed),
+        ]
         if self.args.templates:
             command += ["--templates", str(self.args.templates)]
         started = time.monotonic()
@@ -717,8 +779,11 @@ class Bench:
 
     def record_services(self) -> None:
         processes = {str(pid): _cmdline(pid) for pid in self.service_pids().values()}
-        record = {"processes": processes, "dbname": self.dbname,
-                  "azurite_dir": self.azurite.location if self.azurite is not None else None}
+        record = {
+            "processes": processes,
+            "dbname": self.dbname,
+            "azurite_dir": self.azurite.location if self.azurite is not None else None,
+        }
         (self.work / "services.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
     def start_services(self) -> None:
@@ -736,7 +801,8 @@ class Bench:
             # in its own process (several GB at that size). Azure has neither cost.
             self.azurite = services.Azurite(in_memory=self.args.blob == "azurite-memory").start()
             os.environ["AIRFLOW_CONN_REFRESHER_BLOB"] = json.dumps(
-                {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}})
+                {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}
+            )
         else:
             blobs = self.work / "blobs"
             shutil.rmtree(blobs, ignore_errors=True)
@@ -759,9 +825,13 @@ class Bench:
             solr_url = self.standins["solr"].info["url"]
         os.environ["AIRFLOW_CONN_IATI_REGISTRY"] = self.standins["registry"].info["url"]
         validator = self.standins["validator"].info
-        os.environ["AIRFLOW_CONN_IATI_VALIDATOR"] = json.dumps({
-            "conn_type": "iati_validator", "host": validator["url"],
-            "extra": {"key_name": validator["key_name"], "key": validator["key"]}})
+        os.environ["AIRFLOW_CONN_IATI_VALIDATOR"] = json.dumps(
+            {
+                "conn_type": "iati_validator",
+                "host": validator["url"],
+                "extra": {"key_name": validator["key_name"], "key": validator["key"]},
+            }
+        )
         os.environ["AIRFLOW_CONN_SOLR"] = json.dumps({"conn_type": "iati_solr", "host": solr_url})
         self.record_services()
 
@@ -815,8 +885,16 @@ class Bench:
         return real_solr_stats(self.solr_cloud.url)
 
     def load_dag(self) -> Any:
-        for name in ("airflow", "airflow.task", "airflow.sdk", "airflow.models", "sqlalchemy", "httpx",
-                     "iati_refresher", "alembic"):
+        for name in (
+            "airflow",
+            "airflow.task",
+            "airflow.sdk",
+            "airflow.models",
+            "sqlalchemy",
+            "httpx",
+            "iati_refresher",
+            "alembic",
+        ):
             logging.getLogger(name).setLevel(getattr(logging, self.args.airflow_log_level))
         from airflow.dag_processing.dagbag import DagBag
         from airflow.utils import db
@@ -837,20 +915,34 @@ class Bench:
         from tests.support import services
 
         self.metadata_db = services.create_database()
-        env = {k: v for k, v in os.environ.items() if k.startswith(("AIRFLOW_CONN_", "REFRESHER_"))
-               and not k.startswith("REFRESHER_TEST_")}
-        env.update({"REFRESHER_REFRESH_SCHEDULE": "none", "REFRESHER_AIRFLOW_WORKERS": "2",
-                    "REFRESHER_CPU_SLOTS_PER_WORKER": "2", "REFRESHER_LOCAL_BLOB_DIR_SHARED": "true"})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("AIRFLOW_CONN_", "REFRESHER_")) and not k.startswith("REFRESHER_TEST_")
+        }
+        env.update(
+            {
+                "REFRESHER_REFRESH_SCHEDULE": "none",
+                "REFRESHER_AIRFLOW_WORKERS": "2",
+                "REFRESHER_CPU_SLOTS_PER_WORKER": "2",
+                "REFRESHER_LOCAL_BLOB_DIR_SHARED": "true",
+            }
+        )
         self.stack = AirflowStack(
-            home=self.work / "airflow-celery", metadata_uri=services.airflow_uri(self.metadata_db,
-                                                                                driver="postgresql+psycopg"),
-            executor="CeleryExecutor", broker_url=services.redis_url(), api_port=services.free_port(),
-            workers=2, worker_concurrency=2, worker_pool="prefork", environment=env, parallelism=16,
+            home=self.work / "airflow-celery",
+            metadata_uri=services.airflow_uri(self.metadata_db, driver="postgresql+psycopg"),
+            executor="CeleryExecutor",
+            broker_url=services.redis_url(),
+            api_port=services.free_port(),
+            workers=2,
+            worker_concurrency=2,
+            worker_pool="prefork",
+            environment=env,
+            parallelism=16,
         )
         started = time.monotonic()
         self.stack.start()
-        print(f"celery stack healthy in {time.monotonic() - started:.0f} s (logs in {self.stack.log_dir})",
-              flush=True)
+        print(f"celery stack healthy in {time.monotonic() - started:.0f} s (logs in {self.stack.log_dir})", flush=True)
 
     def run_celery(self, name: str, sampler: WorkerSampler, changed_ids: list[str] | None = None) -> dict[str, Any]:
         from iati_refresher.db.connection import connect, resolve_conninfo
@@ -874,14 +966,21 @@ class Bench:
         solr_after = self.solr_stats()
         cpu = {n: round(cpu_seconds(p) - cpu_before[n], 1) for n, p in pids.items()}
         cpu["machine_total"] = round(machine_busy_seconds() - machine_before, 1)
-        cpu["airflow_and_stages"] = round(cpu["machine_total"] - sum(v for k, v in cpu.items()
-                                                                      if k != "machine_total"), 1)
+        cpu["airflow_and_stages"] = round(
+            cpu["machine_total"] - sum(v for k, v in cpu.items() if k != "machine_total"), 1
+        )
         result: dict[str, Any] = {
-            "scenario": name, "state": state, "wall_s": round(wall, 2), "dag_test_idle_polls_s": 0.0,
+            "scenario": name,
+            "state": state,
+            "wall_s": round(wall, 2),
+            "dag_test_idle_polls_s": 0.0,
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "task_process_peak_rss_mb": 0.0, **rss, "cpu_s": cpu,
+            "task_process_peak_rss_mb": 0.0,
+            **rss,
+            "cpu_s": cpu,
             "solr_busy_s": round(solr_after["busy_s"] - solr_before["busy_s"], 2),
-            "solr_documents": solr_after["documents"], "airflow": _airflow_times_from_api(tis),
+            "solr_documents": solr_after["documents"],
+            "airflow": _airflow_times_from_api(tis),
             "workers_used": sorted({t["hostname"] for t in tis if t.get("hostname")}),
         }
         with contextlib.closing(connect(resolve_conninfo())) as conn:
@@ -890,17 +989,29 @@ class Bench:
                           sum(documents_skipped) AS skipped, sum(documents_failed) AS failed,
                           sum(activities) AS activities, sum(bytes) AS bytes,
                           sum(extract(epoch FROM finished_at - started_at)) AS body_s
-                     FROM run_stage_telemetry WHERE run_id = %s GROUP BY stage""", (run_id,)).fetchall()
+                     FROM run_stage_telemetry WHERE run_id = %s GROUP BY stage""",
+                (run_id,),
+            ).fetchall()
             if changed_ids:
                 result["searchable"] = self._searchable(conn, changed_ids, started_utc)
-            result["state_counts"] = {r["state"]: r["n"] for r in conn.execute(
-                """SELECT CASE WHEN solrize_end IS NOT NULL THEN 'indexed' WHEN lakify_end IS NOT NULL THEN 'lakified'
+            result["state_counts"] = {
+                r["state"]: r["n"]
+                for r in conn.execute(
+                    """SELECT CASE WHEN solrize_end IS NOT NULL THEN 'indexed'
+                              WHEN lakify_end IS NOT NULL THEN 'lakified'
                               WHEN clean_end IS NOT NULL THEN 'cleaned' WHEN validation IS NOT NULL THEN 'validated'
                               WHEN downloaded IS NOT NULL THEN 'downloaded' ELSE 'not downloaded' END AS state,
-                          count(*) AS n FROM document GROUP BY 1""").fetchall()}
-            result["non_ok_codes"] = [dict(r) for r in conn.execute(
-                """SELECT stage, outcome, code, count(*) AS n FROM document_stage WHERE run_id = %s
-                     AND outcome <> 'ok' GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC""", (run_id,)).fetchall()]
+                          count(*) AS n FROM document GROUP BY 1"""
+                ).fetchall()
+            }
+            result["non_ok_codes"] = [
+                dict(r)
+                for r in conn.execute(
+                    """SELECT stage, outcome, code, count(*) AS n FROM document_stage WHERE run_id = %s
+                     AND outcome <> 'ok' GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC""",
+                    (run_id,),
+                ).fetchall()
+            ]
         if searchable_by_query is not None:
             result["searchable_by_query"] = searchable_by_query
         calls = [{"name": "run_batch", "stage": t["stage"], "seconds": float(t["body_s"] or 0)} for t in telemetry]
@@ -919,8 +1030,9 @@ class Bench:
         answer = self.standins["registry"].ask(f"publish {self.index_created}{' empty' if empty else ''}")
         print(f"registry: {answer['datasets']} datasets listed (index {self.index_created})", flush=True)
 
-    def run(self, dag: Any, name: str, timer: BodyTimer, sampler: WorkerSampler,
-            changed_ids: list[str] | None = None) -> dict[str, Any]:
+    def run(
+        self, dag: Any, name: str, timer: BodyTimer, sampler: WorkerSampler, changed_ids: list[str] | None = None
+    ) -> dict[str, Any]:
         from iati_refresher.db.connection import connect, resolve_conninfo
 
         pids = self.service_pids()
@@ -955,8 +1067,10 @@ class Bench:
         solr_after = self.solr_stats()
         cpu = {n: round(cpu_seconds(p) - cpu_before[n], 1) for n, p in pids.items()}
         cpu["task_process"] = round(own_after.user + own_after.system - own_before.user - own_before.system, 1)
-        cpu["stage_workers"] = round(own_after.children_user + own_after.children_system
-                                     - own_before.children_user - own_before.children_system, 1)
+        cpu["stage_workers"] = round(
+            own_after.children_user + own_after.children_system - own_before.children_user - own_before.children_system,
+            1,
+        )
         cpu["machine_total"] = round(machine_busy_seconds() - machine_before, 1)
         result["cpu_s"] = cpu
         result["solr_busy_s"] = round(solr_after["busy_s"] - solr_before["busy_s"], 2)
@@ -972,14 +1086,21 @@ class Bench:
             ).fetchall()
             codes = conn.execute(
                 """SELECT stage, outcome, code, count(*) AS n FROM document_stage WHERE run_id = %s
-                     AND outcome <> 'ok' GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC""", (dag_run.run_id,)).fetchall()
+                     AND outcome <> 'ok' GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC""",
+                (dag_run.run_id,),
+            ).fetchall()
             if changed_ids:
                 result["searchable"] = self._searchable(conn, changed_ids, started_utc)
-            result["state_counts"] = {r["state"]: r["n"] for r in conn.execute(
-                """SELECT CASE WHEN solrize_end IS NOT NULL THEN 'indexed' WHEN lakify_end IS NOT NULL THEN 'lakified'
+            result["state_counts"] = {
+                r["state"]: r["n"]
+                for r in conn.execute(
+                    """SELECT CASE WHEN solrize_end IS NOT NULL THEN 'indexed'
+                              WHEN lakify_end IS NOT NULL THEN 'lakified'
                               WHEN clean_end IS NOT NULL THEN 'cleaned' WHEN validation IS NOT NULL THEN 'validated'
                               WHEN downloaded IS NOT NULL THEN 'downloaded' ELSE 'not downloaded' END AS state,
-                          count(*) AS n FROM document GROUP BY 1""").fetchall()}
+                          count(*) AS n FROM document GROUP BY 1"""
+                ).fetchall()
+            }
         result["stages"] = self._stage_rows(calls, telemetry, result["airflow"])
         result["non_ok_codes"] = [dict(r) for r in codes]
         if searchable_by_query is not None:
@@ -999,14 +1120,18 @@ class Bench:
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            tis = session.query(TaskInstance).filter(
-                TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id).all()
+            tis = (
+                session.query(TaskInstance)
+                .filter(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
+                .all()
+            )
             rows = [(ti.task_id, ti.map_index, ti.start_date, ti.end_date, str(ti.state)) for ti in tis]
         return _task_times(rows)
 
     @staticmethod
-    def _stage_rows(calls: list[dict[str, Any]], telemetry: list[dict[str, Any]],
-                    airflow: dict[str, Any]) -> list[dict[str, Any]]:
+    def _stage_rows(
+        calls: list[dict[str, Any]], telemetry: list[dict[str, Any]], airflow: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         by_stage = {r["stage"]: r for r in telemetry}
         rows = []
         for stage in STAGES:
@@ -1016,23 +1141,28 @@ class Bench:
             tasks = airflow["tasks"]
             docs = int(t.get("docs") or 0)
             activities = int(t.get("activities") or 0)
-            rows.append({
-                "stage": stage,
-                "batches": int(t.get("batches") or 0),
-                "documents": docs,
-                "ok": int(t.get("ok") or 0), "skipped": int(t.get("skipped") or 0),
-                "failed": int(t.get("failed") or 0),
-                "activities": activities,
-                "mb": round(int(t.get("bytes") or 0) / 1e6, 1),
-                "body_s": round(body, 2),
-                "plan_s": round(plan, 2),
-                "task_instances_s": round(tasks.get(stage, {}).get("seconds", 0.0)
-                                          + tasks.get(f"plan_{stage}", {}).get("seconds", 0.0), 2),
-                "span_s": round(tasks.get(stage, {}).get("span_s", 0.0) + tasks.get(f"plan_{stage}", {})
-                                .get("span_s", 0.0), 2),
-                "docs_per_s": round(docs / body, 1) if body else 0.0,
-                "activities_per_s": round(activities / body, 1) if body else 0.0,
-            })
+            rows.append(
+                {
+                    "stage": stage,
+                    "batches": int(t.get("batches") or 0),
+                    "documents": docs,
+                    "ok": int(t.get("ok") or 0),
+                    "skipped": int(t.get("skipped") or 0),
+                    "failed": int(t.get("failed") or 0),
+                    "activities": activities,
+                    "mb": round(int(t.get("bytes") or 0) / 1e6, 1),
+                    "body_s": round(body, 2),
+                    "plan_s": round(plan, 2),
+                    "task_instances_s": round(
+                        tasks.get(stage, {}).get("seconds", 0.0) + tasks.get(f"plan_{stage}", {}).get("seconds", 0.0), 2
+                    ),
+                    "span_s": round(
+                        tasks.get(stage, {}).get("span_s", 0.0) + tasks.get(f"plan_{stage}", {}).get("span_s", 0.0), 2
+                    ),
+                    "docs_per_s": round(docs / body, 1) if body else 0.0,
+                    "activities_per_s": round(activities / body, 1) if body else 0.0,
+                }
+            )
         return rows
 
     @staticmethod
@@ -1042,21 +1172,27 @@ class Bench:
 
         rows = conn.execute(
             """SELECT id, hash, solrize_end, solr_indexed_hash, solr_activity_count, activity_count
-                 FROM document WHERE id = ANY(%s)""", (ids,)).fetchall()
+                 FROM document WHERE id = ANY(%s)""",
+            (ids,),
+        ).fetchall()
         solr = json.loads(os.environ["AIRFLOW_CONN_SOLR"])["host"]
         seconds, missing, checked = [], [], 0
         for r in rows:
             if r["solrize_end"] is None or r["solr_indexed_hash"] != r["hash"]:
                 missing.append(r["id"])
                 continue
-            answer = httpx.post(f"{solr}/activity_solrize/select", data={
-                "q": f'{DOC_FIELD}:"{r["id"]}" AND {HASH_FIELD}:"{r["hash"]}"', "rows": 0, "wt": "json"}).json()
+            answer = httpx.post(
+                f"{solr}/activity_solrize/select",
+                data={"q": f'{DOC_FIELD}:"{r["id"]}" AND {HASH_FIELD}:"{r["hash"]}"', "rows": 0, "wt": "json"},
+            ).json()
             if answer["response"]["numFound"] == (r["solr_activity_count"] or 0):
                 checked += 1
             seconds.append((r["solrize_end"] - started).total_seconds())
         seconds.sort()
         return {
-            "changed": len(ids), "searchable": len(seconds), "not_searchable": missing[:20],
+            "changed": len(ids),
+            "searchable": len(seconds),
+            "not_searchable": missing[:20],
             "checked_in_solr": checked,
             "median_s": round(seconds[len(seconds) // 2], 1) if seconds else None,
             "max_s": round(seconds[-1], 1) if seconds else None,
@@ -1084,11 +1220,20 @@ class Bench:
 
                 def run(name: str, sampler: WorkerSampler, changed: list[str] | None = None) -> dict[str, Any]:
                     return self.run(dag, name, timer, sampler, changed)
+
             sampler.start()
-            machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                       "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-            self.results = {"corpus": corpus, "machine": machine, "blob": self.args.blob,
-                            "executor": self.args.executor, "scenarios": []}
+            machine = {
+                "cpus": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            }
+            self.results = {
+                "corpus": corpus,
+                "machine": machine,
+                "blob": self.args.blob,
+                "executor": self.args.executor,
+                "scenarios": [],
+            }
             # Warm-up: Airflow's in-process execution API starts on the first task (~10 s, once);
             # on Celery, the workers import the DAG and the package once.
             self.publish(empty=True)
@@ -1131,8 +1276,9 @@ def real_solr_stats(url: str) -> dict[str, float]:
     """``busy_s``: seconds Solr spent in /update requests (all cores); ``documents``: documents held."""
     import httpx
 
-    metrics = httpx.get(f"{url}/admin/metrics", params={"group": "core", "prefix": "UPDATE./update.totalTime",
-                                                        "wt": "json"}, timeout=60).json()
+    metrics = httpx.get(
+        f"{url}/admin/metrics", params={"group": "core", "prefix": "UPDATE./update.totalTime", "wt": "json"}, timeout=60
+    ).json()
     if "metrics" not in metrics:
         raise RuntimeError(f"Solr's metrics are not available: {metrics.get('error')}")
     busy_ns = 0.0
@@ -1149,10 +1295,16 @@ def real_solr_stats(url: str) -> dict[str, float]:
 
 def _airflow_times_from_api(tis: list[dict[str, Any]]) -> dict[str, Any]:
     """Per task: instances, their summed run time and span, from the REST API's task instances."""
-    rows = [(ti["task_id"], ti["map_index"],
-             dt.datetime.fromisoformat(ti["start_date"]) if ti.get("start_date") else None,
-             dt.datetime.fromisoformat(ti["end_date"]) if ti.get("end_date") else None, str(ti["state"]))
-            for ti in tis]
+    rows = [
+        (
+            ti["task_id"],
+            ti["map_index"],
+            dt.datetime.fromisoformat(ti["start_date"]) if ti.get("start_date") else None,
+            dt.datetime.fromisoformat(ti["end_date"]) if ti.get("end_date") else None,
+            str(ti["state"]),
+        )
+        for ti in tis
+    ]
     return _task_times(rows)
 
 
@@ -1160,8 +1312,9 @@ def _task_times(rows: list[tuple[str, int, Any, Any, str]]) -> dict[str, Any]:
     """(task id, map index, start, end, state) rows → per task: instances, summed run time, span, states."""
     per_task: dict[str, dict[str, Any]] = {}
     for task_id, _map_index, start, end, state in rows:
-        entry = per_task.setdefault(task_id, {"instances": 0, "seconds": 0.0, "states": defaultdict(int),
-                                              "first_start": None, "last_end": None})
+        entry = per_task.setdefault(
+            task_id, {"instances": 0, "seconds": 0.0, "states": defaultdict(int), "first_start": None, "last_end": None}
+        )
         entry["instances"] += 1
         entry["states"][state.rsplit(".", 1)[-1].lower()] += 1
         if start and end:
@@ -1169,8 +1322,11 @@ def _task_times(rows: list[tuple[str, int, Any, Any, str]]) -> dict[str, Any]:
             entry["first_start"] = min(filter(None, [entry["first_start"], start]))
             entry["last_end"] = max(filter(None, [entry["last_end"], end]))
     for entry in per_task.values():
-        entry["span_s"] = round((entry["last_end"] - entry["first_start"]).total_seconds(), 2) \
-            if entry["first_start"] and entry["last_end"] else 0.0
+        entry["span_s"] = (
+            round((entry["last_end"] - entry["first_start"]).total_seconds(), 2)
+            if entry["first_start"] and entry["last_end"]
+            else 0.0
+        )
         entry["seconds"] = round(entry["seconds"], 2)
         entry["states"] = dict(entry["states"])
         entry.pop("first_start")
@@ -1184,20 +1340,28 @@ def _task_times(rows: list[tuple[str, int, Any, Any, str]]) -> dict[str, Any]:
 
 
 def print_scenario(r: dict[str, Any]) -> None:
-    print(f"\n--- {r['scenario']}: {r['state']}, wall {r['wall_s']} s; task bodies {r['task_bodies_s']} s; "
-          f"outside task bodies (Airflow) {r['outside_task_bodies_s']} s = {r['airflow_share']:.0%}, of which "
-          f"dag.test idle polls {r['dag_test_idle_polls_s']} s; {r['airflow']['task_instances']} task instances; "
-          f"load average {r['load_average'][0]} -> {r['load_average'][1]}")
-    header = (f"{'stage':9}{'batches':>8}{'docs':>7}{'ok':>7}{'skip':>6}{'fail':>6}{'activities':>11}{'MB':>8}"
-              f"{'body s':>9}{'TI s':>8}{'span s':>8}{'docs/s':>8}{'act/s':>8}")
+    print(
+        f"\n--- {r['scenario']}: {r['state']}, wall {r['wall_s']} s; task bodies {r['task_bodies_s']} s; "
+        f"outside task bodies (Airflow) {r['outside_task_bodies_s']} s = {r['airflow_share']:.0%}, of which "
+        f"dag.test idle polls {r['dag_test_idle_polls_s']} s; {r['airflow']['task_instances']} task instances; "
+        f"load average {r['load_average'][0]} -> {r['load_average'][1]}"
+    )
+    header = (
+        f"{'stage':9}{'batches':>8}{'docs':>7}{'ok':>7}{'skip':>6}{'fail':>6}{'activities':>11}{'MB':>8}"
+        f"{'body s':>9}{'TI s':>8}{'span s':>8}{'docs/s':>8}{'act/s':>8}"
+    )
     print(header)
     for s in r["stages"]:
-        print(f"{s['stage']:9}{s['batches']:>8}{s['documents']:>7}{s['ok']:>7}{s['skipped']:>6}{s['failed']:>6}"
-              f"{s['activities']:>11}{s['mb']:>8}{s['body_s']:>9}{s['task_instances_s']:>8}{s['span_s']:>8}"
-              f"{s['docs_per_s']:>8}{s['activities_per_s']:>8}")
+        print(
+            f"{s['stage']:9}{s['batches']:>8}{s['documents']:>7}{s['ok']:>7}{s['skipped']:>6}{s['failed']:>6}"
+            f"{s['activities']:>11}{s['mb']:>8}{s['body_s']:>9}{s['task_instances_s']:>8}{s['span_s']:>8}"
+            f"{s['docs_per_s']:>8}{s['activities_per_s']:>8}"
+        )
     print(f"other task bodies: {r['other_bodies_s']}")
-    print(f"peak RSS: stage workers {r['worker_peak_rss_mb']} MB ({r['workers_seen']} worker processes), "
-          f"task process {r['task_process_peak_rss_mb']} MB")
+    print(
+        f"peak RSS: stage workers {r['worker_peak_rss_mb']} MB ({r['workers_seen']} worker processes), "
+        f"task process {r['task_process_peak_rss_mb']} MB"
+    )
     print(f"CPU seconds: {r['cpu_s']}; Solr busy in /update {r['solr_busy_s']} s")
     if r.get("searchable_by_query"):
         print(f"changed datasets searchable, as a Solr query saw it: {r['searchable_by_query']}")
@@ -1213,21 +1377,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--activities", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--templates", type=Path, help="template corpus for make_corpus.py")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated, in order (default {','.join(SCENARIOS)})")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, in order (default {','.join(SCENARIOS)})"
+    )
     parser.add_argument("--change-share", type=float, default=0.01)
     parser.add_argument("--work", type=Path, help="working directory (default bench/out/e2e-<datasets>)")
     parser.add_argument("--json", type=Path, help="where to write the results (default WORK/results.json)")
-    parser.add_argument("--blob", choices=("azurite", "azurite-memory", "local"), default="azurite",
-                        help="blob storage: Azurite (disk), Azurite without disk persistence, or a local directory")
-    parser.add_argument("--safety-period-s", type=int, default=0,
-                        help="REFRESHER_SAFETY_CHECK_PERIOD_S (0: schema-invalid files are cleaned at once)")
+    parser.add_argument(
+        "--blob",
+        choices=("azurite", "azurite-memory", "local"),
+        default="azurite",
+        help="blob storage: Azurite (disk), Azurite without disk persistence, or a local directory",
+    )
+    parser.add_argument(
+        "--safety-period-s",
+        type=int,
+        default=0,
+        help="REFRESHER_SAFETY_CHECK_PERIOD_S (0: schema-invalid files are cleaned at once)",
+    )
     parser.add_argument("--airflow-log-level", default="WARNING")
-    parser.add_argument("--solr", choices=("real", "standin"), default="real",
-                        help="a real SolrCloud (solr/runner, needs Java and Maven) or the lean pure-Python stand-in")
+    parser.add_argument(
+        "--solr",
+        choices=("real", "standin"),
+        default="real",
+        help="a real SolrCloud (solr/runner, needs Java and Maven) or the lean pure-Python stand-in",
+    )
     parser.add_argument("--solr-heap-mb", type=int, default=1024)
-    parser.add_argument("--executor", choices=("dag-test", "celery"), default="dag-test",
-                        help="dag.test() in this process, or a scheduler with two Celery workers")
+    parser.add_argument(
+        "--executor",
+        choices=("dag-test", "celery"),
+        default="dag-test",
+        help="dag.test() in this process, or a scheduler with two Celery workers",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the refresher database afterwards")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)

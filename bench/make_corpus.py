@@ -322,8 +322,12 @@ def _write_dataset(out_dir: Path, pool: TemplatePool, entry: dict[str, Any], see
     rng = _dataset_rng(seed, entry["index"], entry["generation"])
     generated = f"2026-01-01T00:00:{entry['generation'] % 60:02d}Z"
     data, written, detail = render_file(
-        pool, rng, kind=entry["kind"], activities=entry["planned_activities"],
-        identifier_prefix=entry["identifier_prefix"], generated=generated,
+        pool,
+        rng,
+        kind=entry["kind"],
+        activities=entry["planned_activities"],
+        identifier_prefix=entry["identifier_prefix"],
+        generated=generated,
     )
     path = out_dir / FILES_DIR / entry["file"]
     path.write_bytes(data)
@@ -355,8 +359,12 @@ def generate(
     templates_dir = templates_dir or (DEFAULT_TEMPLATES if DEFAULT_TEMPLATES.is_dir() else SAMPLE_DATA)
     pool = load_templates(templates_dir, max_activity_kb * 1024)
     rng = random.Random(f"{seed}:registry")
-    shares = {"invalid": invalid_share, "non_utf8": non_utf8_share, "broken": broken_share,
-              "organisation": organisation_share}
+    shares = {
+        "invalid": invalid_share,
+        "non_utf8": non_utf8_share,
+        "broken": broken_share,
+        "organisation": organisation_share,
+    }
     kinds = kind_plan(rng, datasets, shares)
     # ``activities`` is what the activity files hold in total; broken and organisation files
     # get a size from the same distribution, but it does not count.
@@ -364,21 +372,27 @@ def generate(
     other = [i for i, kind in enumerate(kinds) if kind not in ACTIVITY_KINDS]
     counts = [0] * datasets
     mean = max(1, activities // max(1, len(bearing)))
-    for i, n in zip(bearing, activity_counts(rng, len(bearing), activities, sigma=sigma, cap=max_activities_per_file),
-                    strict=True):
+    for i, n in zip(
+        bearing, activity_counts(rng, len(bearing), activities, sigma=sigma, cap=max_activities_per_file), strict=True
+    ):
         counts[i] = n
-    for i, n in zip(other, activity_counts(rng, len(other), mean * len(other), sigma=sigma,
-                                           cap=max_activities_per_file), strict=True):
+    for i, n in zip(
+        other,
+        activity_counts(rng, len(other), mean * len(other), sigma=sigma, cap=max_activities_per_file),
+        strict=True,
+    ):
         counts[i] = n
     owners = publisher_plan(rng, publishers, datasets)
     pubs = []
     for p in range(publishers):
-        pubs.append({
-            "id": _uuid(rng),
-            "short_name": f"bench-pub{p:05d}",
-            "human_readable_name": f"Benchmark publisher {p}",
-            "iati_identifier": f"XM-BENCH-{p:05d}",
-        })
+        pubs.append(
+            {
+                "id": _uuid(rng),
+                "short_name": f"bench-pub{p:05d}",
+                "human_readable_name": f"Benchmark publisher {p}",
+                "iati_identifier": f"XM-BENCH-{p:05d}",
+            }
+        )
     (out_dir / FILES_DIR).mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(datasets):
@@ -399,11 +413,19 @@ def generate(
         entries.append(entry)
     manifest = {
         "generator": {
-            "seed": seed, "datasets": datasets, "publishers": publishers, "activities": activities,
-            "shares": shares, "sigma": sigma, "max_activities_per_file": max_activities_per_file,
-            "max_activity_kb": max_activity_kb, "templates": str(templates_dir),
-            "template_sources": list(pool.sources), "valid_templates": len(pool.valid),
-            "invalid_templates": len(pool.invalid), "changes": [],
+            "seed": seed,
+            "datasets": datasets,
+            "publishers": publishers,
+            "activities": activities,
+            "shares": shares,
+            "sigma": sigma,
+            "max_activities_per_file": max_activities_per_file,
+            "max_activity_kb": max_activity_kb,
+            "templates": str(templates_dir),
+            "template_sources": list(pool.sources),
+            "valid_templates": len(pool.valid),
+            "invalid_templates": len(pool.invalid),
+            "changes": [],
         },
         "publishers": pubs,
         "datasets": entries,
@@ -488,19 +510,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float, default=1.0, help="spread of the log-normal file sizes")
     parser.add_argument("--max-activities-per-file", type=int, default=5000)
     parser.add_argument("--max-activity-kb", type=int, default=256, help="leave larger template activities out")
-    parser.add_argument("--change", type=float, metavar="SHARE",
-                        help="instead of generating: publish new versions of this share of OUT_DIR's datasets")
+    parser.add_argument(
+        "--change",
+        type=float,
+        metavar="SHARE",
+        help="instead of generating: publish new versions of this share of OUT_DIR's datasets",
+    )
     args = parser.parse_args(argv)
     if args.change is not None:
         changed = change(args.out_dir, args.change, templates_dir=args.templates)
         print(json.dumps({"changed": len(changed), **summary(read_manifest(args.out_dir))}, indent=1))
         return 0
     manifest = generate(
-        args.out_dir, datasets=args.datasets, publishers=args.publishers, activities=args.activities,
-        seed=args.seed, templates_dir=args.templates, invalid_share=args.invalid_share,
-        broken_share=args.broken_share, non_utf8_share=args.non_utf8_share,
-        organisation_share=args.organisation_share, sigma=args.sigma,
-        max_activities_per_file=args.max_activities_per_file, max_activity_kb=args.max_activity_kb,
+        args.out_dir,
+        datasets=args.datasets,
+        publishers=args.publishers,
+        activities=args.activities,
+        seed=args.seed,
+        templates_dir=args.templates,
+        invalid_share=args.invalid_share,
+        broken_share=args.broken_share,
+        non_utf8_share=args.non_utf8_share,
+        organisation_share=args.organisation_share,
+        sigma=args.sigma,
+        max_activities_per_file=args.max_activities_per_file,
+        max_activity_kb=args.max_activity_kb,
     )
     print(json.dumps(summary(manifest), indent=1))
     return 0

@@ -29,10 +29,12 @@ def _table(header: tuple[str, ...] | list[str], rows: list[list[Any]]) -> list[s
 def corpus_line(results: dict[str, Any]) -> str:
     c = results["corpus"]
     kinds = ", ".join(f"{n} {k}" for k, n in c["per_kind"].items())
-    return (f"{c['datasets']:,} datasets from {c['publishers']:,} publishers ({kinds}); "
-            f"{c['activities']:,} activities; {c['bytes'] / 1e6:,.0f} MB of XML; median file "
-            f"{c['median_bytes'] / 1e3:,.0f} kB, largest {c['largest_bytes'] / 1e6:,.1f} MB; blob storage: "
-            f"{results.get('blob', '?')}")
+    return (
+        f"{c['datasets']:,} datasets from {c['publishers']:,} publishers ({kinds}); "
+        f"{c['activities']:,} activities; {c['bytes'] / 1e6:,.0f} MB of XML; median file "
+        f"{c['median_bytes'] / 1e3:,.0f} kB, largest {c['largest_bytes'] / 1e6:,.1f} MB; blob storage: "
+        f"{results.get('blob', '?')}"
+    )
 
 
 def scenario_lines(s: dict[str, Any]) -> list[str]:
@@ -45,8 +47,18 @@ def scenario_lines(s: dict[str, Any]) -> list[str]:
         "",
     ]
     rows = [
-        [st["stage"], st["batches"], st["documents"], st["ok"], st["skipped"], st["failed"], f"{st['activities']:,}",
-         st["span_s"], st["docs_per_s"], st["activities_per_s"]]
+        [
+            st["stage"],
+            st["batches"],
+            st["documents"],
+            st["ok"],
+            st["skipped"],
+            st["failed"],
+            f"{st['activities']:,}",
+            st["span_s"],
+            st["docs_per_s"],
+            st["activities_per_s"],
+        ]
         for st in s["stages"]
     ]
     if any(st["documents"] for st in s["stages"]):

@@ -42,8 +42,14 @@ def build_documents(files: list[Path]) -> dict[str, list[dict[str, Any]]]:
                 continue
             n = seen.get(identifier, 0)
             seen[identifier] = n + 1
-            built = activity_documents(activity, document_id=f"bench-{number}", document_hash="h",
-                                       occurrence=n, iati_xml="<iati-activity/>", iati_json="{}")
+            built = activity_documents(
+                activity,
+                document_id=f"bench-{number}",
+                document_hash="h",
+                occurrence=n,
+                iati_xml="<iati-activity/>",
+                iati_json="{}",
+            )
             for role, doc in built.by_role():
                 by_role[role].append(doc)
     return by_role
@@ -56,7 +62,7 @@ def send_ours(url: str, by_role: dict[str, list[dict[str, Any]]], batch: int) ->
     with SolrClient(url, max_retries=0, timeout_s=600) as solr:
         for role, docs in by_role.items():
             for start in range(0, len(docs), batch):
-                chunk = docs[start:start + batch]
+                chunk = docs[start : start + batch]
                 sent += len(_json_body(chunk))
                 solr.add(role, chunk)
             solr.commit(role)
@@ -70,7 +76,7 @@ def send_pysolr(url: str, by_role: dict[str, list[dict[str, Any]]], batch: int) 
     for role, docs in by_role.items():
         solr = pysolr.Solr(f"{url}/{role}", timeout=600, always_commit=False)
         for start in range(0, len(docs), batch):
-            chunk = docs[start:start + batch]
+            chunk = docs[start : start + batch]
             message = solr._build_docs(chunk)[1]  # what pysolr puts in the request body
             sent += len(message if isinstance(message, bytes) else message.encode("utf-8"))
             solr.add(chunk)
@@ -99,8 +105,13 @@ def awkward_document_check(url: str) -> dict[str, str]:
     from iati_refresher.solr_client import SolrClient, SolrError
 
     value = "water\x01\x0b point \ud800 repaired"
-    doc = {"id": "awkward", "iati_activities_document_id": "awkward", "iati_activities_document_hash": "h",
-           "iati_identifier": "X-AWKWARD", "title_narrative": [value]}
+    doc = {
+        "id": "awkward",
+        "iati_activities_document_id": "awkward",
+        "iati_activities_document_hash": "h",
+        "iati_identifier": "X-AWKWARD",
+        "title_narrative": [value],
+    }
     results = {}
     with SolrClient(url, max_retries=0) as solr:
         try:
@@ -147,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from iati_refresher.local.solr import LocalSolrCloud
 
-    results: dict[str, Any] = {"files": len(files), "mb": round(total / 1e6, 1), "documents": n_docs,
-                               "batch": args.batch, "clients": {}}
+    results: dict[str, Any] = {
+        "files": len(files),
+        "mb": round(total / 1e6, 1),
+        "documents": n_docs,
+        "batch": args.batch,
+        "clients": {},
+    }
     with LocalSolrCloud(heap_mb=1024) as cloud:
         for name, send in (("httpx JSON (this project)", send_ours), ("pysolr 3.11 (JSON)", send_pysolr)):
             best: dict[str, Any] | None = None
@@ -158,15 +174,21 @@ def main(argv: list[str] | None = None) -> int:
                 sent = send(cloud.url, by_role, args.batch)
                 wall = time.perf_counter() - t0
                 cpu1 = os.times()
-                run = {"wall_s": round(wall, 2), "docs_per_s": round(n_docs / wall), "request_mb": round(sent / 1e6, 1),
-                       "client_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 2),
-                       "solr_holds": counts(cloud.url)}
+                run = {
+                    "wall_s": round(wall, 2),
+                    "docs_per_s": round(n_docs / wall),
+                    "request_mb": round(sent / 1e6, 1),
+                    "client_cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 2),
+                    "solr_holds": counts(cloud.url),
+                }
                 if best is None or run["wall_s"] < best["wall_s"]:
                     best = run
             results["clients"][name] = best
-            print(f"{name:28} {best['wall_s']:>7} s  {best['docs_per_s']:>7} docs/s  client CPU "
-                  f"{best['client_cpu_s']} s  request bodies {best['request_mb']} MB  Solr holds {best['solr_holds']}",
-                  flush=True)
+            print(
+                f"{name:28} {best['wall_s']:>7} s  {best['docs_per_s']:>7} docs/s  client CPU "
+                f"{best['client_cpu_s']} s  request bodies {best['request_mb']} MB  Solr holds {best['solr_holds']}",
+                flush=True,
+            )
         results["awkward_document"] = awkward_document_check(cloud.url)
         for client, verdict in results["awkward_document"].items():
             print(f"control characters + lone surrogate via {client}: {verdict}")

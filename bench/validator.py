@@ -65,8 +65,11 @@ def same_as_whole_document(path: str) -> bool | None:
     whole = {(e.line, e.message) for e in schema.error_log}
     streamed = {
         (int(c["text"].removeprefix("At line: ")), e["message"])
-        for g in report["errors"] for cat in g["errors"] if cat["category"] == "schema"
-        for e in cat["errors"] for c in e["context"]
+        for g in report["errors"]
+        for cat in g["errors"]
+        if cat["category"] == "schema"
+        for e in cat["errors"]
+        for c in e["context"]
     }
     return whole == streamed
 
@@ -97,11 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         total_seconds += run["seconds"]
         total_activities += run["activities"]
         peak = max(peak, run["peak_rss_mb"])
-        print(f"{run['file'][:58]:58} {mb:7.2f} {seconds:6.2f} {mb / seconds:7.1f} {run['activities']:6d} "
-              f"{run['activities'] / seconds:8.0f} {run['peak_rss_mb']:7.1f} {run['status']}"
-              f"{'' if run['valid'] else ' invalid'}")
-    print(f"{'total':58} {total_bytes / 1e6:7.2f} {total_seconds:6.2f} {total_bytes / 1e6 / total_seconds:7.1f} "
-          f"{int(total_activities):6d} {total_activities / total_seconds:8.0f} {peak:7.1f} (peak)")
+        print(
+            f"{run['file'][:58]:58} {mb:7.2f} {seconds:6.2f} {mb / seconds:7.1f} {run['activities']:6d} "
+            f"{run['activities'] / seconds:8.0f} {run['peak_rss_mb']:7.1f} {run['status']}"
+            f"{'' if run['valid'] else ' invalid'}"
+        )
+    print(
+        f"{'total':58} {total_bytes / 1e6:7.2f} {total_seconds:6.2f} {total_bytes / 1e6 / total_seconds:7.1f} "
+        f"{int(total_activities):6d} {total_activities / total_seconds:8.0f} {peak:7.1f} (peak)"
+    )
     if args.check:
         print("\nstreamed errors identical to whole-document validation:")
         for path in files:

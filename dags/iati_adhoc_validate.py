@@ -56,8 +56,12 @@ def iati_adhoc_validate():
 
     chosen = choose()
     validate = IatiValidatorOperator(
-        task_id="validate", pool="iati_validator", source=chosen["source"], source_type=chosen["source_type"],
-        meta=False, fail_on_fetch_error=False,  # a file that cannot be fetched still gets its row, with the reason
+        task_id="validate",
+        pool="iati_validator",
+        source=chosen["source"],
+        source_type=chosen["source_type"],
+        meta=False,
+        fail_on_fetch_error=False,  # a file that cannot be fetched still gets its row, with the reason
     )
 
     @task
@@ -65,8 +69,13 @@ def iati_adhoc_validate():
         from iati_refresher import pipeline
 
         p = get_current_context()["params"]
-        return pipeline.save_adhoc_validation(result, filename=p["filename"] or p["url"] or p["blob"], guid=p["guid"],
-                                              session_id=p["session_id"], user_email=p["user_email"])
+        return pipeline.save_adhoc_validation(
+            result,
+            filename=p["filename"] or p["url"] or p["blob"],
+            guid=p["guid"],
+            session_id=p["session_id"],
+            user_email=p["user_email"],
+        )
 
     save(validate.output)
 

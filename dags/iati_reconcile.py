@@ -48,8 +48,9 @@ def iati_reconcile():
         return pipeline.orphaned_blobs()
 
     orphans = find_orphaned_blobs()
-    removed = RefresherBlobOperator.partial(task_id="remove_orphaned_blobs", action="remove",
-                                            map_index_template="{{ task.container }}").expand_kwargs(orphans)
+    removed = RefresherBlobOperator.partial(
+        task_id="remove_orphaned_blobs", action="remove", map_index_template="{{ task.container }}"
+    ).expand_kwargs(orphans)
     reconcile_solr() >> orphans >> removed
 
 

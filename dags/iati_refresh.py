@@ -42,26 +42,15 @@ Trigger **iati_reprocess** with the dataset's name or id, the stage to start fro
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, TriggerRule, dag, get_current_context, task
+from airflow.sdk import TriggerRule, dag, get_current_context, task
 
 from iati_refresher.alerts import on_failure
-from iati_refresher.operators import SolrIndexOperator
 from iati_refresher.settings import get_settings
+from iati_refresher.stage_specs import SPECS, StageSpec, load
 
-REGISTRY_CHANGES = Asset(name="iati_registry_changes", uri="iati://registry/changes")
-
-# Per external system: a pool.  CPU-bound stages share one pool sized to the workers.
-POOLS = {
-    "download": "iati_publishers",
-    "validate": "iati_validator",
-    "clean": "refresher_cpu",
-    "flatten": "refresher_cpu",
-    "lakify": "refresher_cpu",
-    "index": "solr",
-}
-STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
 SETTINGS = get_settings()  # environment only: no I/O
 
 
@@ -104,19 +93,6 @@ def iati_refresh():
         context = get_current_context()
         return pipeline.sync_registry(context["run_id"])
 
-    @task(outlets=[REGISTRY_CHANGES])
-    def announce_registry_changes(sync: dict) -> dict:
-        """An asset event for subscribers, only when datasets were added, updated or removed."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        from iati_refresher import pipeline
-
-        changes = pipeline.registry_change_counts(sync)
-        if not any(changes.values()):
-            raise AirflowSkipException("no registry changes")
-        get_current_context()["outlet_events"][REGISTRY_CHANGES].extra = changes
-        return changes
-
     @task(trigger_rule=TriggerRule.ALL_DONE)  # also when no download batch ran
     def safety_check() -> dict:
         from iati_refresher import alerts, pipeline
@@ -132,28 +108,32 @@ def iati_refresh():
 
         return plan_batches()
 
-    def run(stage: str, batches):
-        batch_task = {
-            "task_id": stage,
-            "pool": POOLS[stage],
+    def run(stage: StageSpec, batches):
+        batch_task: dict[str, Any] = {
+            "task_id": stage.name,
+            "pool": stage.pool,
             "map_index_template": "{{ batch_label }}",
             "retries": 2,
             "execution_timeout": timedelta(seconds=SETTINGS.batch_timeout_s),
             "on_failure_callback": None,  # the summary pages once for all failed batches of the run
         }
-        if stage == "index":  # the provider's operator, mapped over the batches
-            return SolrIndexOperator.partial(**batch_task).expand(batch=batches)
+        if stage.batch_operator:  # a provider operator (index: SolrIndexOperator), mapped over the batches
+            return load(stage.batch_operator).partial(**batch_task).expand(batch=batches)
 
         @task(**batch_task)
         def run_batch(batch: dict) -> dict:
             from iati_refresher import pipeline
 
             context = get_current_context()
-            context["batch_label"] = batch["label"]
+            context["batch_label"] = batch["label"]  # type: ignore[typeddict-unknown-key]  # map_index_template
             ti = context["ti"]
-            return pipeline.run_batch(batch, run_id=context["run_id"], dag_id=ti.dag_id,
-                                      final_try=pipeline.is_final_try(ti),
-                                      task_label=f"{stage}[{ti.map_index}: {batch['label']}]")
+            return pipeline.run_batch(
+                batch,
+                run_id=context["run_id"],
+                dag_id=ti.dag_id,
+                final_try=pipeline.is_final_try(ti),
+                task_label=f"{stage.name}[{ti.map_index}: {batch['label']}]",
+            )
 
         return run_batch.expand(batch=batches)
 
@@ -164,20 +144,20 @@ def iati_refresh():
         ti = get_current_context()["ti"]
         states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
         metrics.emit_pipeline_gauges()
-        return pipeline.summarise_run(ti.run_id, sync, dag_id=ti.dag_id, plans=plans, task_states=states,
-                                      page=alerts.page)
+        return pipeline.summarise_run(
+            ti.run_id, sync, dag_id=ti.dag_id, plans=plans, task_states=states, page=alerts.page
+        )
 
     checked_config = preflight()
     migrated = migrate_database()
     synced = sync_registry()
     checked_config >> migrated >> synced
-    announce_registry_changes(synced)
     previous = synced
     plans = {}
-    for stage in STAGES:
-        batches = plans[stage] = plan(stage)
+    for stage in SPECS:
+        batches = plans[stage.name] = plan(stage.name)
         previous >> batches
-        if stage == "validate":
+        if stage.name == "validate":  # the publisher safety check holds back flooding publishers' files
             checked = safety_check()
             previous >> checked >> batches
         previous = run(stage, batches)

@@ -29,8 +29,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from iati_refresher.alerts import on_failure
-
-STAGES = ["download", "validate", "clean", "flatten", "lakify", "index"]
+from iati_refresher.stage_specs import STAGES, first_stage, stages_from
 
 
 @dag(
@@ -44,11 +43,19 @@ STAGES = ["download", "validate", "clean", "flatten", "lakify", "index"]
     on_failure_callback=on_failure,
     params={
         # Optional each ("null" in the type): datasets or publishers is enough.
-        "datasets": Param(None, type=["null", "array"], items={"type": "string"},
-                          description="dataset ids or names (registry short names); these or publishers"),
-        "publishers": Param(None, type=["null", "array"], items={"type": "string"},
-                            description="publisher org ids or short names; these or datasets"),
-        "from_stage": Param("download", type="string", enum=STAGES, description="first stage to redo"),
+        "datasets": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string"},
+            description="dataset ids or names (registry short names); these or publishers",
+        ),
+        "publishers": Param(
+            None,
+            type=["null", "array"],
+            items={"type": "string"},
+            description="publisher org ids or short names; these or datasets",
+        ),
+        "from_stage": Param("download", type="string", enum=list(STAGES), description="first stage to redo"),
         "force_redownload": Param(False, type="boolean", description="download again (implies from download)"),
         "dry_run": Param(True, type="boolean", description="only list what would be reset"),
     },
@@ -69,8 +76,9 @@ def iati_reprocess():
         from iati_refresher import pipeline
 
         params = get_current_context()["params"]
-        return pipeline.reprocess_preview([d["id"] for d in selection], params["from_stage"],
-                                          force_redownload=params["force_redownload"])
+        return pipeline.reprocess_preview(
+            [d["id"] for d in selection], params["from_stage"], force_redownload=params["force_redownload"]
+        )
 
     @task.short_circuit
     def not_a_dry_run() -> bool:
@@ -81,8 +89,9 @@ def iati_reprocess():
         from iati_refresher import pipeline
 
         params = get_current_context()["params"]
-        return pipeline.reset_for_reprocess([d["id"] for d in selection], params["from_stage"],
-                                            force_redownload=params["force_redownload"])
+        return pipeline.reset_for_reprocess(
+            [d["id"] for d in selection], params["from_stage"], force_redownload=params["force_redownload"]
+        )
 
     @task
     def process(selection: list[dict]) -> list[dict]:
@@ -90,9 +99,13 @@ def iati_reprocess():
 
         context = get_current_context()
         params = context["params"]
-        first = "download" if params["force_redownload"] else params["from_stage"]
-        return pipeline.process_selection([d["id"] for d in selection], run_id=context["run_id"],
-                                          dag_id=context["dag"].dag_id, stages=STAGES[STAGES.index(first):])
+        first = first_stage(params["from_stage"], force_redownload=params["force_redownload"])
+        return pipeline.process_selection(
+            [d["id"] for d in selection],
+            run_id=context["run_id"],
+            dag_id=context["dag"].dag_id,
+            stages=stages_from(first),
+        )
 
     selection = select()
     previewed = preview(selection)

@@ -50,6 +50,7 @@ from iati_refresher import metrics, status
 from iati_refresher.connections import ConnectionLookupFailed
 from iati_refresher.db import repository as repo
 from iati_refresher.db.connection import DatabaseNotConfigured, open_refresher_db
+from iati_refresher.db.types import Db as Connection
 from iati_refresher.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def reader(user: GetUserDep) -> BaseUser:
 Reader = Annotated[BaseUser, Depends(reader)]
 
 
-def refresher_db(_user: Reader) -> Iterator[psycopg.Connection]:
+def refresher_db(_user: Reader) -> Iterator[Connection]:
     """A refresher database connection for one request (read only; rolled back after).
     Depends on :func:`reader`, so no anonymous request ever reaches the database."""
     try:
@@ -99,7 +100,7 @@ def refresher_db(_user: Reader) -> Iterator[psycopg.Connection]:
         conn.close()
 
 
-Db = Annotated[psycopg.Connection, Depends(refresher_db)]
+Db = Annotated[Connection, Depends(refresher_db)]
 PublisherQ = Annotated[str | None, Query(description="publisher org id or short name")]
 StateQ = Annotated[str | None, Query(description=f"one of: {', '.join(status.STATES)}")]
 TextQ = Annotated[str | None, Query(description="a substring of the dataset name or id")]
@@ -123,7 +124,7 @@ def _json(value: Any) -> JSONResponse:
 # ---------------------------------------------------------------------------------------
 
 
-def summary(conn: psycopg.Connection) -> dict[str, Any]:
+def summary(conn: Connection) -> dict[str, Any]:
     """State counts, backlogs, parked counts, flagged publishers and the last run."""
     settings = get_settings()
     counts = repo.document_state_counts(conn)
@@ -138,7 +139,9 @@ def summary(conn: psycopg.Connection) -> dict[str, Any]:
             "run_id": run_id,
             "finished_at": max((s["finished_at"] for s in stages), default=None),
             "stages": [dict(s) for s in stages],
-        } if run_id else None,
+        }
+        if run_id
+        else None,
     }
 
 
@@ -158,7 +161,7 @@ app = FastAPI(
 @app.exception_handler(HTTPException)
 async def _errors(request: Request, exc: HTTPException) -> Response:
     """An anonymous browser asking for a page goes to the login page; the API answers 401."""
-    path = request.url.path[len(request.scope.get("root_path", "").rstrip("/")):]
+    path = request.url.path[len(request.scope.get("root_path", "").rstrip("/")) :]
     if exc.status_code == 401 and not path.startswith(("/api/", "/metrics", "/openapi")):
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(get_auth_manager().get_url_login(next_url=target), status_code=303)
@@ -167,11 +170,17 @@ async def _errors(request: Request, exc: HTTPException) -> Response:
 
 @app.get("/api/datasets", summary="Datasets with their status (paged)")
 def api_datasets(
-    _user: Reader, conn: Db, publisher: PublisherQ = None, state: StateQ = None, q: TextQ = None,
-    limit: LimitQ = 50, offset: OffsetQ = 0,
+    _user: Reader,
+    conn: Db,
+    publisher: PublisherQ = None,
+    state: StateQ = None,
+    q: TextQ = None,
+    limit: LimitQ = 50,
+    offset: OffsetQ = 0,
 ) -> JSONResponse:
-    page = status.list_datasets(conn, publisher=publisher or None, state=_state(state), query=q or None,
-                                limit=limit, offset=offset)
+    page = status.list_datasets(
+        conn, publisher=publisher or None, state=_state(state), query=q or None, limit=limit, offset=offset
+    )
     return _json(page)
 
 
@@ -203,22 +212,36 @@ def _when(value: Any) -> str:
 def _render(request: Request, template: str, **context: Any) -> HTMLResponse:
     base = request.scope.get("root_path", "").rstrip("/")
     html = _templates.get_template(template).render(
-        css=_CSS, base=base, when=_when, states=status.STATES, state_labels=status.STATE_LABELS,
-        stage_words=status.STAGE_WORDS, ts_labels=status.TIMESTAMP_LABELS, **context,
+        css=_CSS,
+        base=base,
+        when=_when,
+        states=status.STATES,
+        state_labels=status.STATE_LABELS,
+        stage_words=status.STAGE_WORDS,
+        ts_labels=status.TIMESTAMP_LABELS,
+        **context,
     )
     # Same origin only: the Airflow UI frames this page; nobody else may.
-    return HTMLResponse(html, headers={"Content-Security-Policy": "frame-ancestors 'self'",
-                                       "Cache-Control": "no-store"})
+    return HTMLResponse(
+        html, headers={"Content-Security-Policy": "frame-ancestors 'self'", "Cache-Control": "no-store"}
+    )
 
 
 @app.get("/", response_class=HTMLResponse, include_in_schema=False)
 def page(
-    request: Request, _user: Reader, conn: Db, publisher: PublisherQ = None, state: StateQ = None,
-    q: TextQ = None, limit: LimitQ = 50, offset: OffsetQ = 0,
+    request: Request,
+    _user: Reader,
+    conn: Db,
+    publisher: PublisherQ = None,
+    state: StateQ = None,
+    q: TextQ = None,
+    limit: LimitQ = 50,
+    offset: OffsetQ = 0,
 ) -> HTMLResponse:
     filters = {"publisher": (publisher or "").strip() or None, "state": _state(state), "q": (q or "").strip() or None}
-    listing = status.list_datasets(conn, publisher=filters["publisher"], state=filters["state"],
-                                   query=filters["q"], limit=limit, offset=offset)
+    listing = status.list_datasets(
+        conn, publisher=filters["publisher"], state=filters["state"], query=filters["q"], limit=limit, offset=offset
+    )
     overview = summary(conn)
     counts = repo.document_state_counts(conn, publisher=filters["publisher"], query=filters["q"])
     base = request.scope.get("root_path", "").rstrip("/")
@@ -229,8 +252,15 @@ def page(
         return f"{base}/" + (f"?{query}" if query else "")
 
     return _render(
-        request, "list.html", page=listing, filters=filters, counts=counts, backlogs=overview["backlogs"],
-        flagged=overview["flagged_publishers"], last_run=overview["last_run"], link=link,
+        request,
+        "list.html",
+        page=listing,
+        filters=filters,
+        counts=counts,
+        backlogs=overview["backlogs"],
+        flagged=overview["flagged_publishers"],
+        last_run=overview["last_run"],
+        link=link,
         checked_at=datetime.now(UTC),
     )
 

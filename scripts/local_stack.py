@@ -42,9 +42,14 @@ def _stack(executor: str, env: dict[str, str], ports: dict[str, int], broker: st
     from iati_refresher.local.stack import AirflowStack
 
     return AirflowStack(
-        home=HOME, metadata_uri=f"postgresql+psycopg://postgres@127.0.0.1:{ports['REFRESHER_LOCAL_PG_PORT']}/iati_airflow",
-        executor="CeleryExecutor" if executor == "celery" else "LocalExecutor", api_port=ports["AIRFLOW_PORT"],
-        broker_url=broker, workers=2, worker_concurrency=2, environment=env,
+        home=HOME,
+        metadata_uri=f"postgresql+psycopg://postgres@127.0.0.1:{ports['REFRESHER_LOCAL_PG_PORT']}/iati_airflow",
+        executor="CeleryExecutor" if executor == "celery" else "LocalExecutor",
+        api_port=ports["AIRFLOW_PORT"],
+        broker_url=broker,
+        workers=2,
+        worker_concurrency=2,
+        environment=env,
     )
 
 
@@ -52,8 +57,11 @@ def up(executor: str) -> int:
     from iati_refresher.local.embedded import describe, embedded_settings
     from iati_refresher.local.servers import LocalPostgres, LocalRedis, ServerUnavailable
 
-    ports = {"AIRFLOW_PORT": _port("AIRFLOW_PORT", 8080), "SAMPLE_REGISTRY_PORT": _port("SAMPLE_REGISTRY_PORT", 8765),
-             "REFRESHER_LOCAL_PG_PORT": _port("REFRESHER_LOCAL_PG_PORT", 55432)}
+    ports = {
+        "AIRFLOW_PORT": _port("AIRFLOW_PORT", 8080),
+        "SAMPLE_REGISTRY_PORT": _port("SAMPLE_REGISTRY_PORT", 8765),
+        "REFRESHER_LOCAL_PG_PORT": _port("REFRESHER_LOCAL_PG_PORT", 55432),
+    }
     if executor == "celery":
         ports["REFRESHER_LOCAL_REDIS_PORT"] = _port("REFRESHER_LOCAL_REDIS_PORT", 56379)
     if STATE.exists():
@@ -84,9 +92,20 @@ def up(executor: str) -> int:
     if "AIRFLOW_CONN_IATI_REGISTRY" not in env:
         log = open(stack.pid_dir.parent / "sample-registry.log", "ab")  # noqa: SIM115 - kept by the child
         registry = subprocess.Popen(
-            [sys.executable, "-m", "iati_refresher.sample.server", "--host", "127.0.0.1",
-             "--port", str(ports["SAMPLE_REGISTRY_PORT"])], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "iati_refresher.sample.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["SAMPLE_REGISTRY_PORT"]),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         (stack.pid_dir / "sample-registry.pid").write_text(str(registry.pid))
         sample_registry = env["AIRFLOW_CONN_IATI_REGISTRY"] = f"http://127.0.0.1:{ports['SAMPLE_REGISTRY_PORT']}"
     else:
@@ -100,8 +119,10 @@ def up(executor: str) -> int:
         print(f"make up: {exc}", file=sys.stderr)
         down()
         return 1
-    print(f"Airflow is up in {time.monotonic() - started:.0f} s: http://127.0.0.1:{ports['AIRFLOW_PORT']}  "
-          "(user admin, password admin)")
+    print(
+        f"Airflow is up in {time.monotonic() - started:.0f} s: http://127.0.0.1:{ports['AIRFLOW_PORT']}  "
+        "(user admin, password admin)"
+    )
     print(f"executor       {stack.executor}" + (" with 2 Celery workers (prefork, concurrency 2)" if broker else ""))
     print("ports          " + ", ".join(f"{port} ({name})" for name, port in ports.items()) + ", all on 127.0.0.1")
     for line in describe(env, sample_registry=sample_registry):
@@ -116,8 +137,7 @@ def down() -> int:
     from iati_refresher.local.servers import LocalPostgres, LocalRedis
 
     state = json.loads(STATE.read_text()) if STATE.exists() else {"executor": "local", "ports": {}}
-    ports = {"AIRFLOW_PORT": 8080, "REFRESHER_LOCAL_PG_PORT": _port("REFRESHER_LOCAL_PG_PORT", 55432),
-             **state["ports"]}
+    ports = {"AIRFLOW_PORT": 8080, "REFRESHER_LOCAL_PG_PORT": _port("REFRESHER_LOCAL_PG_PORT", 55432), **state["ports"]}
     stack = _stack(state["executor"], {}, ports)
     stopped = sorted(stack.process_groups())
     stack.stop()
@@ -152,7 +172,8 @@ def trigger(dag_id: str, timeout_s: float) -> int:
         from urllib.parse import quote
 
         summary = stack.api(
-            "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/summary/xcomEntries/return_value")
+            "GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/summary/xcomEntries/return_value"
+        )
         from iati_refresher.pipeline import format_summary
 
         print(format_summary(summary["value"] if isinstance(summary["value"], dict) else json.loads(summary["value"])))

@@ -44,8 +44,10 @@ def refresher_database() -> str:
         raise SystemExit(f"make run needs PostgreSQL: {exc}") from None
     uri = server.create_database("iati_refresher_sample", fresh=True)
     shutil.rmtree(RUN_DIR / "blobs", ignore_errors=True)
-    print(f"fresh sample database iati_refresher_sample on the project's PostgreSQL (127.0.0.1:{port}, .run/pg); "
-          "blobs in .run/blobs")
+    print(
+        f"fresh sample database iati_refresher_sample on the project's PostgreSQL (127.0.0.1:{port}, .run/pg); "
+        "blobs in .run/blobs"
+    )
     return uri
 
 
@@ -76,8 +78,11 @@ def main() -> int:
 
     from iati_refresher.local.embedded import describe
 
-    for line in describe(dict(os.environ), sample_registry=server.url if server else None,
-                         local_solr=solr_cloud.url if solr_cloud else None):
+    for line in describe(
+        dict(os.environ),
+        sample_registry=server.url if server else None,
+        local_solr=solr_cloud.url if solr_cloud else None,
+    ):
         print(line)
 
     from airflow.utils import db as airflow_db
@@ -108,8 +113,10 @@ def main() -> int:
         print(pipeline.format_summary(summary))
     print(f"\niati_refresh run {run.run_id}: {run.state} in {elapsed:.0f} s")
     print(f"blobs: {os.environ['REFRESHER_LOCAL_BLOB_DIR']}")
-    print(f"status of one dataset: AIRFLOW_CONN_REFRESHER_DB={os.environ['AIRFLOW_CONN_REFRESHER_DB']} "
-          ".venv/bin/refresher status meadowlark-mixed")
+    print(
+        f"status of one dataset: AIRFLOW_CONN_REFRESHER_DB={os.environ['AIRFLOW_CONN_REFRESHER_DB']} "
+        ".venv/bin/refresher status meadowlark-mixed"
+    )
     print("the project's PostgreSQL (.run/pg) keeps running for that; make down stops it")
     if solr_cloud is not None:
         try:
@@ -168,8 +175,9 @@ def _sync_result(run) -> dict | None:
     with create_session() as session:
         row = (
             session.query(XComModel)
-            .filter(XComModel.run_id == run.run_id, XComModel.task_id == "sync_registry",
-                    XComModel.key == "return_value")
+            .filter(
+                XComModel.run_id == run.run_id, XComModel.task_id == "sync_registry", XComModel.key == "return_value"
+            )
             .first()
         )
         return XComModel.deserialize_value(row) if row else None

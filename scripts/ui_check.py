@@ -80,26 +80,56 @@ def seed(conn: Any) -> int:
     from iati_refresher.db import repository as repo
 
     now = datetime.utcnow().replace(microsecond=0)
-    publishers = [("XM-DAC-41001", "meadowlark", "Meadowlark Trust"),
-                  ("XM-DAC-41002", "riverbend", "Riverbend Water Board"),
-                  ("XM-DAC-41003", "condor-verde", "Fundación Cóndor Verde")]
+    publishers = [
+        ("XM-DAC-41001", "meadowlark", "Meadowlark Trust"),
+        ("XM-DAC-41002", "riverbend", "Riverbend Water Board"),
+        ("XM-DAC-41003", "condor-verde", "Fundación Cóndor Verde"),
+    ]
     for org_id, name, title in publishers:
         repo.upsert_publisher(conn, {"org_id": org_id, "name": name, "title": title}, now - timedelta(days=30))
 
-    def report(valid: bool, *, file_type: str = "iati-activities", version: str = "2.03", critical: int = 0,
-               meta: list[bool] | None = None) -> dict:
-        body = {"valid": valid, "fileType": file_type, "iatiVersion": version,
-                "summary": {"critical": critical, "error": 2, "warning": 5, "advisory": 1}, "errors": []}
+    def report(
+        valid: bool,
+        *,
+        file_type: str = "iati-activities",
+        version: str = "2.03",
+        critical: int = 0,
+        meta: list[bool] | None = None,
+    ) -> dict:
+        body = {
+            "valid": valid,
+            "fileType": file_type,
+            "iatiVersion": version,
+            "summary": {"critical": critical, "error": 2, "warning": 5, "advisory": 1},
+            "errors": [],
+        }
         if meta is not None:
-            body[file_type] = [{"identifier": f"XM-DAC-41001-{i}", "valid": ok, "index": i}
-                               for i, ok in enumerate(meta)]
+            body[file_type] = [
+                {"identifier": f"XM-DAC-41001-{i}", "valid": ok, "index": i} for i, ok in enumerate(meta)
+            ]
         return body
 
-    def outcome(doc: dict, stage: str, status: str, code: str | None = None, message: str | None = None,
-                retryable: bool = False) -> None:
-        repo.record_outcomes(conn, stage, [{"document_id": doc["id"], "hash": doc["hash"], "status": status,
-                                            "code": code, "message": message, "retryable": retryable}],
-                             run_id="scheduled__ui-check", max_attempts=5, base_delay_s=600, max_delay_s=86400)
+    def outcome(
+        doc: dict, stage: str, status: str, code: str | None = None, message: str | None = None, retryable: bool = False
+    ) -> None:
+        repo.record_outcomes(
+            conn,
+            stage,
+            [
+                {
+                    "document_id": doc["id"],
+                    "hash": doc["hash"],
+                    "status": status,
+                    "code": code,
+                    "message": message,
+                    "retryable": retryable,
+                }
+            ],
+            run_id="scheduled__ui-check",
+            max_attempts=5,
+            base_delay_s=600,
+            max_delay_s=86400,
+        )
 
     def through(doc: dict, last: str, activities: int) -> None:
         for stage in ("clean", "flatten", "lakify", "index")[: ("clean", "flatten", "lakify", "index").index(last) + 1]:
@@ -114,9 +144,14 @@ def seed(conn: Any) -> int:
             outcome(doc, stage, "ok")
 
     def dataset(n: int, name: str, org_id: str) -> dict:
-        doc = {"id": f"5e1f0000-0000-4000-8000-{n:012d}", "hash": secrets.token_hex(20), "name": name,
-               "publisher": org_id, "url": f"https://data.example.org/iati/{name}.xml",
-               "cached_dataset_url": f"https://bulk-data.example.org/dataset/{name}.xml"}
+        doc = {
+            "id": f"5e1f0000-0000-4000-8000-{n:012d}",
+            "hash": secrets.token_hex(20),
+            "name": name,
+            "publisher": org_id,
+            "url": f"https://data.example.org/iati/{name}.xml",
+            "cached_dataset_url": f"https://bulk-data.example.org/dataset/{name}.xml",
+        }
         repo.upsert_document(conn, doc, now - timedelta(days=3))
         return doc
 
@@ -165,8 +200,14 @@ def seed(conn: Any) -> int:
     validated(doc, report(True))
     through(doc, "clean", 0)
     repo.finish_flatten(conn, doc, ok=False)
-    outcome(doc, "flatten", "failed", "parse_error",
-            "Could not parse: Premature end of data in tag iati-activity line 212", retryable=False)
+    outcome(
+        doc,
+        "flatten",
+        "failed",
+        "parse_error",
+        "Could not parse: Premature end of data in tag iati-activity line 212",
+        retryable=False,
+    )
 
     doc = dataset(8, "riverbend-projects", "XM-DAC-41002")
     repo.finish_download(conn, [{"id": doc["id"], "hash": doc["hash"], "ok": False, "download_error": 404}])
@@ -187,13 +228,29 @@ def seed(conn: Any) -> int:
     downloaded(doc)
     validated(doc, report(True))
 
-    for stage, counts in (("download", (9, 7, 0, 2)), ("validate", (7, 7, 0, 0)), ("clean", (7, 4, 2, 1)),
-                          ("flatten", (4, 3, 0, 1)), ("lakify", (3, 3, 0, 0)), ("index", (2, 2, 0, 0))):
+    for stage, counts in (
+        ("download", (9, 7, 0, 2)),
+        ("validate", (7, 7, 0, 0)),
+        ("clean", (7, 4, 2, 1)),
+        ("flatten", (4, 3, 0, 1)),
+        ("lakify", (3, 3, 0, 0)),
+        ("index", (2, 2, 0, 0)),
+    ):
         docs_in, ok, skipped, failed = counts
-        repo.record_telemetry(conn, {"run_id": "scheduled__ui-check", "dag_id": "iati_refresh", "stage": stage,
-                                     "started_at": now - timedelta(minutes=9),
-                                     "finished_at": now - timedelta(minutes=2), "documents_in": docs_in,
-                                     "documents_ok": ok, "documents_skipped": skipped, "documents_failed": failed})
+        repo.record_telemetry(
+            conn,
+            {
+                "run_id": "scheduled__ui-check",
+                "dag_id": "iati_refresh",
+                "stage": stage,
+                "started_at": now - timedelta(minutes=9),
+                "finished_at": now - timedelta(minutes=2),
+                "documents_in": docs_in,
+                "documents_ok": ok,
+                "documents_skipped": skipped,
+                "documents_failed": failed,
+            },
+        )
     conn.commit()
     return 12
 
@@ -207,22 +264,24 @@ def airflow_env(home: Path, port: int, refresher_uri: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "REFRESHER_"))}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     base = f"http://127.0.0.1:{port}"
-    env.update({
-        "PATH": f"{PROJECT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": base,
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW_CONN_REFRESHER_DB": refresher_uri,
-    })
+    env.update(
+        {
+            "PATH": f"{PROJECT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": base,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW_CONN_REFRESHER_DB": refresher_uri,
+        }
+    )
     return env
 
 
@@ -237,8 +296,7 @@ def http(url: str, *, token: str | None = None, data: dict | None = None) -> tup
     headers = {"Content-Type": "application/json"} if data is not None else {}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None,
-                                     headers=headers)
+    request = urllib.request.Request(url, data=json.dumps(data).encode() if data is not None else None, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -282,14 +340,31 @@ class Browser:
     def __init__(self, binary: str, profile: Path) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-             "--hide-scrollbars", f"--user-data-dir={profile}", f"--remote-debugging-port={self.port}",
-             "--remote-debugging-address=127.0.0.1", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--remote-debugging-port={self.port}",
+                "--remote-debugging-address=127.0.0.1",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
-        targets = wait_until(lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list")),
-                             30, "Chromium did not open its DevTools port")
+        targets = wait_until(
+            lambda: json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list")),
+            30,
+            "Chromium did not open its DevTools port",
+        )
         page = next(t for t in targets if t["type"] == "page")
         from websockets.sync.client import connect
 
@@ -310,9 +385,13 @@ class Browser:
     def sign_in(self, airflow_url: str, username: str = "admin", password: str = "admin") -> None:
         """Sign in to an Airflow 3 UI: a token from its API, set as the UI's cookie."""
         login = json.dumps({"username": username, "password": password}).encode()
-        token = json.load(urllib.request.urlopen(urllib.request.Request(
-            f"{airflow_url}/auth/token", data=login, headers={"Content-Type": "application/json"},
-            method="POST")))["access_token"]
+        token = json.load(
+            urllib.request.urlopen(
+                urllib.request.Request(
+                    f"{airflow_url}/auth/token", data=login, headers={"Content-Type": "application/json"}, method="POST"
+                )
+            )
+        )["access_token"]
         self.call("Network.enable")
         self.call("Network.setCookie", name="_token", value=token, url=airflow_url + "/", httpOnly=True)
         self.call("Page.enable")
@@ -328,17 +407,20 @@ class Browser:
         time.sleep(1.0)  # let fonts and the last layout settle before the picture
 
     def screenshot(self, path: Path, *, width: int = 1440, height: int = 900, full_page: bool = False) -> Path:
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                  mobile=False)
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         if full_page:
             content = self.call("Page.getLayoutMetrics")["cssContentSize"]
-            self.call("Emulation.setDeviceMetricsOverride", width=width,
-                      height=min(int(content["height"]) + 16, 4000), deviceScaleFactor=1, mobile=False)
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                width=width,
+                height=min(int(content["height"]) + 16, 4000),
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             time.sleep(0.5)
         data = self.call("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                  mobile=False)
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         return path
 
     def close(self) -> None:
@@ -347,8 +429,10 @@ class Browser:
         stop(self.proc, grace_s=5)
 
 
-FRAME_TEXT = ("(() => { const f = document.querySelector('iframe'); "
-              "return f && f.contentDocument && f.contentDocument.body ? f.contentDocument.body.innerText : ''; })()")
+FRAME_TEXT = (
+    "(() => { const f = document.querySelector('iframe'); "
+    "return f && f.contentDocument && f.contentDocument.body ? f.contentDocument.body.innerText : ''; })()"
+)
 
 
 def expect_text(text: str, where: str, must: list[str]) -> None:
@@ -402,10 +486,20 @@ def main(argv: list[str] | None = None) -> int:
         run(["airflow", "dags", "reserialize"], env, "airflow dags reserialize", OUT / "reserialize.log")
 
         log(f"starting the API server on {base}")
-        server = subprocess.Popen(["airflow", "api-server"], env=env, cwd=PROJECT, start_new_session=True,
-                                  stdout=(OUT / "api-server.log").open("w"), stderr=subprocess.STDOUT)
-        wait_until(lambda: http(f"{base}/api/v2/monitor/health")[0] == 200, 120,
-                   f"the API server did not become healthy; see {OUT / 'api-server.log'}", interval_s=1)
+        server = subprocess.Popen(
+            ["airflow", "api-server"],
+            env=env,
+            cwd=PROJECT,
+            start_new_session=True,
+            stdout=(OUT / "api-server.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(
+            lambda: http(f"{base}/api/v2/monitor/health")[0] == 200,
+            120,
+            f"the API server did not become healthy; see {OUT / 'api-server.log'}",
+            interval_s=1,
+        )
 
         status, body = http(f"{base}/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD})
         if status not in (200, 201):
@@ -425,28 +519,51 @@ def main(argv: list[str] | None = None) -> int:
         browser.call("Network.setCookie", name="_token", value=token, url=f"{base}/", httpOnly=True)
         browser.call("Page.enable")
 
-        browser.open(f"{base}/plugin/iati-datasets", f"{FRAME_TEXT}.includes('meadowlark-mixed')",
-                     "the page in the UI")
-        expect_text(browser.evaluate(FRAME_TEXT), "the page inside the Airflow UI",
-                    ["IATI datasets", "meadowlark-mixed", "3 of 5 activities kept"])
+        browser.open(f"{base}/plugin/iati-datasets", f"{FRAME_TEXT}.includes('meadowlark-mixed')", "the page in the UI")
+        expect_text(
+            browser.evaluate(FRAME_TEXT),
+            "the page inside the Airflow UI",
+            ["IATI datasets", "meadowlark-mixed", "3 of 5 activities kept"],
+        )
         menu = browser.evaluate("document.body.innerText")
         shots.append(browser.screenshot(OUT / "status-in-airflow.png"))
 
-        browser.open(f"{base}/iati-status/", "document.readyState === 'complete' && !!document.querySelector('h1')",
-                     "the status page")
-        expect_text(browser.evaluate("document.body.innerText"), "the status page",
-                    ["IATI datasets", "Partial", "Old version", "N/A", "Gave up at flattening", "HTTP 404",
-                     "still searchable", "after the safety period"])
+        browser.open(
+            f"{base}/iati-status/",
+            "document.readyState === 'complete' && !!document.querySelector('h1')",
+            "the status page",
+        )
+        expect_text(
+            browser.evaluate("document.body.innerText"),
+            "the status page",
+            [
+                "IATI datasets",
+                "Partial",
+                "Old version",
+                "N/A",
+                "Gave up at flattening",
+                "HTTP 404",
+                "still searchable",
+                "after the safety period",
+            ],
+        )
         shots.append(browser.screenshot(OUT / "status-page.png", full_page=True))
 
-        browser.open(f"{base}/iati-status/datasets/riverbend-truncated",
-                     "document.readyState === 'complete' && !!document.querySelector('h1')", "a dataset page")
-        expect_text(browser.evaluate("document.body.innerText"), "the dataset page",
-                    ["riverbend-truncated", "Stage records", "Could not parse"])
+        browser.open(
+            f"{base}/iati-status/datasets/riverbend-truncated",
+            "document.readyState === 'complete' && !!document.querySelector('h1')",
+            "a dataset page",
+        )
+        expect_text(
+            browser.evaluate("document.body.innerText"),
+            "the dataset page",
+            ["riverbend-truncated", "Stage records", "Could not parse"],
+        )
         shots.append(browser.screenshot(OUT / "dataset-detail.png", full_page=True))
 
-        browser.open(f"{base}/dags", "document.body && document.body.innerText.includes('iati_refresh')",
-                     "the DAG list")
+        browser.open(
+            f"{base}/dags", "document.body && document.body.innerText.includes('iati_refresh')", "the DAG list"
+        )
         expect_text(browser.evaluate("document.body.innerText"), "the DAG list", ["iati_refresh"])
         shots.append(browser.screenshot(OUT / "dags.png"))
         if "IATI datasets" not in menu and "Browse" not in menu:

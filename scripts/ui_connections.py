@@ -48,29 +48,71 @@ TOAST = """(() => {{
 def connections(services_: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any], str]]:
     """(connection id, the connection, the same made to fail, what the failure must show)."""
     validator, registry, hub, solr, azurite, db = (
-        services_[k] for k in ("validator", "registry", "hub", "solr", "azurite", "db"))
+        services_[k] for k in ("validator", "registry", "hub", "solr", "azurite", "db")
+    )
     solr_port = int(urllib.parse.urlsplit(solr.url).port)
     db_port = int(db.rsplit(":", 1)[1].split("/")[0])
     db_name = db.rsplit("/", 1)[1]
     return [
-        ("refresher_db", {"conn_type": "postgres", "host": "127.0.0.1", "port": db_port, "login": "postgres",
-                          "schema": db_name, "extra": json.dumps({"sslmode": "disable"})},
-         {"schema": "no_such_database"}, "no_such_database"),
-        ("refresher_blob", {"conn_type": "wasb", "port": azurite.blob_port,
-                            "extra": json.dumps({"connection_string": azurite.connection_string})},
-         {"extra": json.dumps({"connection_string": azurite.connection_string.replace("Eby8", "Xby8")})},
-         "AuthorizationFailure|Authentication|signature"),
-        ("iati_registry", {"conn_type": "iati_registry", "host": "http://127.0.0.1", "port": registry.port},
-         {"extra": json.dumps({"dataset_index_path": "/no-such-index"})}, "404"),
-        ("iati_validator", {"conn_type": "iati_validator", "host": "http://127.0.0.1",
-                            "port": urllib.parse.urlsplit(validator.url).port,
-                            "password": "ui-validator-key", "extra": json.dumps({"key_name": validator.key_name})},
-         {"password": "wrong-key"}, "401|403"),
-        ("solr", {"conn_type": "iati_solr", "host": "http://127.0.0.1", "port": solr_port, "schema": "solr"},
-         {"schema": "not-solr"}, "404|error"),
-        ("iati_commshub", {"conn_type": "iati_commshub", "host": "http://127.0.0.1", "port": hub.port,
-                           "schema": "api/pvt/notification", "password": "ui-hub-key"},
-         {"password": "wrong-key"}, "401"),
+        (
+            "refresher_db",
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": db_port,
+                "login": "postgres",
+                "schema": db_name,
+                "extra": json.dumps({"sslmode": "disable"}),
+            },
+            {"schema": "no_such_database"},
+            "no_such_database",
+        ),
+        (
+            "refresher_blob",
+            {
+                "conn_type": "wasb",
+                "port": azurite.blob_port,
+                "extra": json.dumps({"connection_string": azurite.connection_string}),
+            },
+            {"extra": json.dumps({"connection_string": azurite.connection_string.replace("Eby8", "Xby8")})},
+            "AuthorizationFailure|Authentication|signature",
+        ),
+        (
+            "iati_registry",
+            {"conn_type": "iati_registry", "host": "http://127.0.0.1", "port": registry.port},
+            {"extra": json.dumps({"dataset_index_path": "/no-such-index"})},
+            "404",
+        ),
+        (
+            "iati_validator",
+            {
+                "conn_type": "iati_validator",
+                "host": "http://127.0.0.1",
+                "port": urllib.parse.urlsplit(validator.url).port,
+                "password": "ui-validator-key",
+                "extra": json.dumps({"key_name": validator.key_name}),
+            },
+            {"password": "wrong-key"},
+            "401|403",
+        ),
+        (
+            "solr",
+            {"conn_type": "iati_solr", "host": "http://127.0.0.1", "port": solr_port, "schema": "solr"},
+            {"schema": "not-solr"},
+            "404|error",
+        ),
+        (
+            "iati_commshub",
+            {
+                "conn_type": "iati_commshub",
+                "host": "http://127.0.0.1",
+                "port": hub.port,
+                "schema": "api/pvt/notification",
+                "password": "ui-hub-key",
+            },
+            {"password": "wrong-key"},
+            "401",
+        ),
     ]
 
 
@@ -97,29 +139,39 @@ def main() -> int:
         stack_.callback(services.drop_database, refresher_db)
         stack_.callback(services.drop_database, metadata)
         running = {
-            "azurite": azurite, "db": services.airflow_uri(refresher_db),
+            "azurite": azurite,
+            "db": services.airflow_uri(refresher_db),
             "validator": stack_.enter_context(ValidatorStandin(key="ui-validator-key")),
             "registry": stack_.enter_context(SampleRegistryServer("127.0.0.1", 0)),
             "hub": stack_.enter_context(CommsHubStandin(key="ui-hub-key")),
             "solr": stack_.enter_context(LocalSolrCloud(nodes=1, heap_mb=512)),
         }
-        airflow = AirflowStack(home=OUT / "airflow-connections", metadata_uri=services.airflow_uri(
-            metadata, driver="postgresql+psycopg"), api_port=services.free_port(), executor="LocalExecutor",
-            triggerer=False, environment={"REFRESHER_ALLOW_PRIVATE_ADDRESSES": "true",
-                                          "REFRESHER_REFRESH_SCHEDULE": "none"})
+        airflow = AirflowStack(
+            home=OUT / "airflow-connections",
+            metadata_uri=services.airflow_uri(metadata, driver="postgresql+psycopg"),
+            api_port=services.free_port(),
+            executor="LocalExecutor",
+            triggerer=False,
+            environment={"REFRESHER_ALLOW_PRIVATE_ADDRESSES": "true", "REFRESHER_REFRESH_SCHEDULE": "none"},
+        )
         airflow.start()
         stack_.callback(airflow.stop)
         browser = Browser(chromium(), OUT / "chrome-profile-connections")
         stack_.callback(browser.close)
         browser.sign_in(airflow.base_url)
         for conn_id, conn, broken, failure in connections(running):
-            for variant, fields, expect in (("", conn, "Test Connection Successful"),
-                                            ("-failing", {**conn, **broken}, "Test Connection Failed")):
+            for variant, fields, expect in (
+                ("", conn, "Test Connection Successful"),
+                ("-failing", {**conn, **broken}, "Test Connection Failed"),
+            ):
                 with contextlib.suppress(StackError):  # not there yet
                     airflow.api("DELETE", f"/connections/{conn_id}")
                 airflow.api("POST", "/connections", {"connection_id": conn_id, **fields})
-                browser.open(f"{airflow.base_url}/connections", f"document.body.innerText.includes({conn_id!r})",
-                             "the connection list")
+                browser.open(
+                    f"{airflow.base_url}/connections",
+                    f"document.body.innerText.includes({conn_id!r})",
+                    "the connection list",
+                )
                 browser.evaluate(ROW_BUTTON.format(conn_id=json.dumps(conn_id), label="Edit Connection"))
                 time.sleep(1.5)
                 browser.evaluate(ROW_BUTTON.format(conn_id=json.dumps(conn_id), label="Test Connection"))

@@ -65,8 +65,12 @@ def main() -> int:
             world.publish_corpus()
             world.refuse_clean_results()
             env = {**world.environment(), "REFRESHER_REFRESH_SCHEDULE": "none", "REFRESHER_TASK_RETRY_DELAY_S": "1"}
-            stack = AirflowStack(home=OUT / "airflow-failed-run", metadata_uri=services.airflow_uri(
-                metadata, driver="postgresql+psycopg"), api_port=services.free_port(), environment=env)
+            stack = AirflowStack(
+                home=OUT / "airflow-failed-run",
+                metadata_uri=services.airflow_uri(metadata, driver="postgresql+psycopg"),
+                api_port=services.free_port(),
+                environment=env,
+            )
             stack.start()
             run_id = stack.trigger("iati_refresh")
             state = stack.wait_for_run("iati_refresh", run_id, timeout_s=600)
@@ -77,12 +81,18 @@ def main() -> int:
             try:
                 browser.sign_in(stack.base_url)
                 quoted = urllib.parse.quote(run_id, safe="")
-                browser.open(f"{stack.base_url}/dags/iati_refresh/runs/{quoted}", "document.body.innerText.includes"
-                             "('summary')", "the run page")
+                browser.open(
+                    f"{stack.base_url}/dags/iati_refresh/runs/{quoted}",
+                    "document.body.innerText.includes('summary')",
+                    "the run page",
+                )
                 time.sleep(3)
                 print(browser.screenshot(OUT / "failed-run-grid.png", width=1600, height=1000))
-                browser.open(f"{stack.base_url}/dags/iati_refresh/runs/{quoted}/tasks/clean/mapped/0",
-                             "document.body.innerText.includes('batch_failed')", "the batch's log")
+                browser.open(
+                    f"{stack.base_url}/dags/iati_refresh/runs/{quoted}/tasks/clean/mapped/0",
+                    "document.body.innerText.includes('batch_failed')",
+                    "the batch's log",
+                )
                 time.sleep(2)
                 print(browser.screenshot(OUT / "failed-batch-log.png", width=1600, height=1000))
             finally:

@@ -25,8 +25,15 @@ COLLECTIONS = ("activity", "transaction", "budget")
 PROPERTIES = ("indexed", "stored", "multiValued", "docValues", "required", "default")
 DEFAULTS = {"indexed": "true", "stored": "true", "multiValued": "false", "required": "false", "default": ""}
 # docValues defaults by class: Solr 9 turns them on for these unless the type says otherwise.
-DOCVALUES_CLASSES = {"solr.StrField", "solr.BoolField", "solr.IntPointField", "solr.LongPointField",
-                     "solr.DoublePointField", "solr.FloatPointField", "solr.DatePointField"}
+DOCVALUES_CLASSES = {
+    "solr.StrField",
+    "solr.BoolField",
+    "solr.IntPointField",
+    "solr.LongPointField",
+    "solr.DoublePointField",
+    "solr.FloatPointField",
+    "solr.DatePointField",
+}
 
 
 def _parse(path: Path) -> ElementTree.Element:
@@ -64,8 +71,13 @@ def load(conf: Path) -> dict[str, object]:
     copies = sorted((c.get("source") or "", c.get("dest") or "") for c in root.iter("copyField"))
     config = _parse(conf / "solrconfig.xml")
     handlers = sorted(h.get("name") or "" for h in config.iter("requestHandler"))
-    return {"fields": fields, "dynamic": dynamic, "copies": copies, "handlers": handlers,
-            "lucene": (config.findtext("luceneMatchVersion") or "").strip()}
+    return {
+        "fields": fields,
+        "dynamic": dynamic,
+        "copies": copies,
+        "handlers": handlers,
+        "lucene": (config.findtext("luceneMatchVersion") or "").strip(),
+    }
 
 
 def compare(ours: dict[str, object], theirs: dict[str, object]) -> dict[str, list[str]]:
@@ -79,8 +91,9 @@ def compare(ours: dict[str, object], theirs: dict[str, object]) -> dict[str, lis
     for name in sorted(set(mine) & set(prod)):
         for prop in ("class", *PROPERTIES):
             if mine[name][prop] != prod[name][prop]:
-                found[f"{prop} differs"].append(f"{name}: here {mine[name][prop] or '-'}, production "
-                                                f"{prod[name][prop] or '-'}")
+                found[f"{prop} differs"].append(
+                    f"{name}: here {mine[name][prop] or '-'}, production {prod[name][prop] or '-'}"
+                )
     dyn_mine, dyn_prod = ours["dynamic"], theirs["dynamic"]
     assert isinstance(dyn_mine, dict) and isinstance(dyn_prod, dict)
     for name in sorted(set(dyn_mine) ^ set(dyn_prod)):
@@ -89,8 +102,9 @@ def compare(ours: dict[str, object], theirs: dict[str, object]) -> dict[str, lis
     for name in sorted(set(dyn_mine) & set(dyn_prod)):
         for prop in ("class", *PROPERTIES):
             if dyn_mine[name][prop] != dyn_prod[name][prop]:
-                found["dynamic field differs"].append(f"{name} {prop}: here {dyn_mine[name][prop]}, production "
-                                                      f"{dyn_prod[name][prop]}")
+                found["dynamic field differs"].append(
+                    f"{name} {prop}: here {dyn_mine[name][prop]}, production {dyn_prod[name][prop]}"
+                )
     if ours["copies"] != theirs["copies"]:
         found["copy fields differ"].append(f"here {ours['copies']}, production {theirs['copies']}")
     h_mine, h_prod = set(ours["handlers"]), set(theirs["handlers"])  # type: ignore[arg-type]
@@ -112,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         differences = compare(ours, theirs)
         fields = ours["fields"]
         assert isinstance(fields, dict)
-        print(f"\n## {collection}: {len(fields)} fields here, {len(theirs['fields'])} in production"  # type: ignore[arg-type]
-              if args.markdown else f"\n=== {collection}")
+        print(
+            f"\n## {collection}: {len(fields)} fields here, {len(theirs['fields'])} in production"  # type: ignore[arg-type]
+            if args.markdown
+            else f"\n=== {collection}"
+        )
         if args.markdown:
             print("\n| difference | count | fields |\n|---|---|---|")
         for kind, items in differences.items():

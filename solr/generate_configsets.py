@@ -50,8 +50,18 @@ LUCENE_MATCH_VERSION = "9.3"
 DATE_NAME = re.compile(r"iso_date|value_date|extraction_date|_datetime")
 DECIMAL_TYPES = {"decimal", "double", "float"}
 INTEGER_TYPES = {
-    "int", "integer", "long", "short", "byte", "positiveInteger", "nonNegativeInteger",
-    "negativeInteger", "nonPositiveInteger", "unsignedInt", "unsignedShort", "unsignedByte",
+    "int",
+    "integer",
+    "long",
+    "short",
+    "byte",
+    "positiveInteger",
+    "nonNegativeInteger",
+    "negativeInteger",
+    "nonPositiveInteger",
+    "unsignedInt",
+    "unsignedShort",
+    "unsignedByte",
 }
 MANY = 2  # "can occur more than once" (multiplicities are capped here)
 
@@ -198,9 +208,7 @@ class FieldCollector:
         if simple is not None and not is_activity:
             self.record(path, _kind(self.index.simple_base(simple)), occurs)
 
-    def _complex(
-        self, node: etree._Element, path: str, occurs: int, stack: tuple[str, ...], is_activity: bool
-    ) -> None:
+    def _complex(self, node: etree._Element, path: str, occurs: int, stack: tuple[str, ...], is_activity: bool) -> None:
         # The flattener ignores the activity element's own text; other elements' text counts.
         if node.get("mixed") == "true" and not is_activity:
             self.record(path, "text", occurs)
@@ -303,8 +311,13 @@ class SolrField:
     doc_values: bool | None = None
 
     def xml(self) -> str:
-        attrs = [f'name="{self.name}"', f'type="{self.type}"', f'indexed="{str(self.indexed).lower()}"',
-                 f'stored="{str(self.stored).lower()}"', f'multiValued="{str(self.multi).lower()}"']
+        attrs = [
+            f'name="{self.name}"',
+            f'type="{self.type}"',
+            f'indexed="{str(self.indexed).lower()}"',
+            f'stored="{str(self.stored).lower()}"',
+            f'multiValued="{str(self.multi).lower()}"',
+        ]
         if self.doc_values is not None:
             attrs.append(f'docValues="{str(self.doc_values).lower()}"')
         if self.required:

@@ -108,3 +108,28 @@ def solrcloud() -> Iterator[object]:
 
     with LocalSolrCloud(nodes=1, heap_mb=512) as cloud:
         yield cloud
+
+
+# The fixtures that start or need a server (PostgreSQL, Azurite, SolrCloud, the e2e
+# environment): a test that uses one, directly or through another fixture, is marked
+# ``services`` and left out of the unit tier (`make test-fast`).
+SERVICE_FIXTURES = {
+    "pg_template",
+    "pg_dbname",
+    "pg_conninfo",
+    "db",
+    "empty_db",
+    "azurite",
+    "solrcloud",
+    "refresher_env",
+    "airflow_metadata",
+    "dagbag",
+    "run_dag",
+    "world",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)

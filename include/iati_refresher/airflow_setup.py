@@ -19,8 +19,11 @@ def pools(settings: Settings) -> dict[str, tuple[int, str]]:
     return {
         "iati_publishers": (4, "download batches (publisher servers / Bulk Data Service)"),
         "iati_validator": (2, "validation batches (IATI Validator API or the built-in validator)"),
-        "refresher_cpu": (cpu_slots, f"clean, flatten and lakify batches (CPU-bound): {settings.airflow_workers} "
-                                     f"workers x {settings.cpu_slots_per_worker} slots"),
+        "refresher_cpu": (
+            cpu_slots,
+            f"clean, flatten and lakify batches (CPU-bound): {settings.airflow_workers} "
+            f"workers x {settings.cpu_slots_per_worker} slots",
+        ),
         "solr": (2, "Solr indexing batches"),
     }
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from iati_refresher.connections import SLACK, get_connection
@@ -64,7 +64,7 @@ def slack_sender() -> Callable[[str], None] | None:
     return send
 
 
-def failure_message(context: dict[str, Any]) -> str | None:
+def failure_message(context: Mapping[str, Any]) -> str | None:
     """The Slack text for a failure callback's context, or None for noise (upstream failures).
 
     A task-level context names the task (with its map index and, for mapped tasks, the
@@ -93,9 +93,8 @@ def failure_message(context: dict[str, Any]) -> str | None:
     exc = context.get("exception")
     detail = f"{type(exc).__name__}: {exc}" if exc else (f"reason: {reason}; see the log" if reason else "see the log")
     log_url = getattr(ti, "log_url", None) or ""
-    return (
-        f":red_circle: *{dag_id}.{task}* failed (run `{run_id}`, try {tries})\n{detail}"
-        + (f"\n<{log_url}|View log>" if log_url else "")
+    return f":red_circle: *{dag_id}.{task}* failed (run `{run_id}`, try {tries})\n{detail}" + (
+        f"\n<{log_url}|View log>" if log_url else ""
     )
 
 
@@ -103,7 +102,7 @@ def failure_message(context: dict[str, Any]) -> str | None:
 SUMMARY_TASK = "summary"
 
 
-def on_failure(context: dict[str, Any]) -> None:
+def on_failure(context: Mapping[str, Any]) -> None:
     """DAG-level ``on_failure_callback``: Slack when configured, else a log line only."""
     ti = context.get("task_instance") or context.get("ti")
     if ti is not None and getattr(ti, "task_id", None) == SUMMARY_TASK:

@@ -6,7 +6,7 @@ process it sees the connections the task resolved and preloaded.
 
 from __future__ import annotations
 
-from iati_refresher.registry.base import registry_for
+from iati_refresher.registry.sources import registry_for
 from iati_refresher.solr_client import solr_for
 from iati_refresher.validator_client import validator_for
 

@@ -170,8 +170,10 @@ class ConnectionLookupFailed(RuntimeError):
     or the API server erred): the task fails, retryably, and nothing falls back to a default."""
 
     def __init__(self, conn_id: str, error: BaseException):
-        super().__init__(f"looking up the connection {conn_id!r} failed ({type(error).__name__}: {error}); "
-                         "nothing was done with a default in its place: retry when the lookup works again")
+        super().__init__(
+            f"looking up the connection {conn_id!r} failed ({type(error).__name__}: {error}); "
+            "nothing was done with a default in its place: retry when the lookup works again"
+        )
         self.conn_id = conn_id
 
 
@@ -181,7 +183,8 @@ class ConnectionMissing(RuntimeError):
     def __init__(self, conn_id: str, what: str):
         super().__init__(
             f"no {conn_id!r} connection ({what}): configure it (Airflow UI, a secrets backend, or "
-            f"AIRFLOW_CONN_{conn_id.upper()}); embedded defaults apply only when REFRESHER_EMBEDDED=true")
+            f"AIRFLOW_CONN_{conn_id.upper()}); embedded defaults apply only when REFRESHER_EMBEDDED=true"
+        )
         self.conn_id = conn_id
 
 

@@ -21,10 +21,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-import psycopg
-
 from iati_refresher.db import repository as repo
+from iati_refresher.db.types import Db
 from iati_refresher.settings import Settings, get_settings
+from iati_refresher.stage_specs import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ HELP = {
     "datasets_retrying": "Datasets whose last attempt at a stage failed and will be retried, by stage and code.",
     "last_run_documents": "Documents each stage processed in the last run, by outcome.",
     "last_run_duration_seconds": "Wall time of each stage in the last run.",
-    **{f"datasets_to_{stage}": f"Datasets ready for the {stage} stage now." for stage in repo.STAGES},
+    **{f"datasets_to_{stage}": f"Datasets ready for the {stage} stage now." for stage in STAGES},
 }
 
 
@@ -56,7 +56,7 @@ class Gauge:
         return HELP.get(self.name, "")
 
 
-def collect(conn: psycopg.Connection, settings: Settings | None = None) -> list[Gauge]:
+def collect(conn: Db, settings: Settings | None = None) -> list[Gauge]:
     """Every gauge, read from the refresher database in one short read-only pass.
 
     :param conn: an open refresher database connection (dict rows); the transaction it
@@ -70,9 +70,10 @@ def collect(conn: psycopg.Connection, settings: Settings | None = None) -> list[
             Gauge("flagged_publishers", len(repo.flagged_publishers(conn))),
         ]
         backlogs = repo.stage_backlogs(conn, safety_period_s=settings.safety_check_period_s)
-        gauges += [Gauge(f"datasets_to_{stage}", backlogs.get(stage, 0)) for stage in repo.STAGES]
-        gauges += [Gauge("datasets_in_state", n, {"state": state})
-                   for state, n in repo.document_state_counts(conn).items()]
+        gauges += [Gauge(f"datasets_to_{stage}", backlogs.get(stage, 0)) for stage in STAGES]
+        gauges += [
+            Gauge("datasets_in_state", n, {"state": state}) for state, n in repo.document_state_counts(conn).items()
+        ]
         for row in repo.parked_counts(conn):
             labels = {"stage": row["stage"], "code": row["code"] or "none"}
             if row["outcome"] == "failed":
@@ -84,8 +85,11 @@ def collect(conn: psycopg.Connection, settings: Settings | None = None) -> list[
             for row in repo.run_summary(conn, run_id):
                 stage = row["stage"]
                 for outcome in ("ok", "skipped", "failed"):
-                    gauges.append(Gauge("last_run_documents", row[f"documents_{outcome}"] or 0,
-                                        {"stage": stage, "outcome": outcome}))
+                    gauges.append(
+                        Gauge(
+                            "last_run_documents", row[f"documents_{outcome}"] or 0, {"stage": stage, "outcome": outcome}
+                        )
+                    )
                 gauges.append(Gauge("last_run_duration_seconds", float(row["duration_s"] or 0), {"stage": stage}))
     finally:
         conn.rollback()
@@ -119,14 +123,14 @@ def render_prometheus(gauges: Iterable[Gauge]) -> str:
         lines.append(f"# TYPE {name} gauge")
         for g in samples:
             labels = ",".join(f'{k}="{_escape_label(str(v))}"' for k, v in sorted(g.labels.items()))
-            lines.append(f"{name}{{{labels}}} {_format_value(g.value)}" if labels else
-                         f"{name} {_format_value(g.value)}")
+            lines.append(
+                f"{name}{{{labels}}} {_format_value(g.value)}" if labels else f"{name} {_format_value(g.value)}"
+            )
     return "\n".join(lines) + "\n"
 
 
 class StatsLike(Protocol):
-    def gauge(self, stat: str, value: float, *args: Any, tags: dict[str, str] | None = None,
-              **kwargs: Any) -> None: ...
+    def gauge(self, stat: str, value: float, *args: Any, tags: dict[str, str] | None = None, **kwargs: Any) -> None: ...
 
 
 def stats_name(gauge: Gauge) -> str:

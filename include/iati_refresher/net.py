@@ -117,14 +117,7 @@ def is_public_address(address: str | IPAddress) -> bool:
             return False
         if ip.is_site_local:
             return False
-    if (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    ):
+    if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
         return False
     return ip.is_global
 
@@ -257,8 +250,57 @@ class GuardedBackend(httpcore.SyncBackend):
         return stream
 
 
-class GuardedTransport(httpx.HTTPTransport):
-    """``httpx.HTTPTransport`` whose connection pool connects through :class:`GuardedBackend`."""
+#: httpcore's errors as httpx's (the most specific match wins), as httpx's own transport maps them.
+_HTTPX_ERRORS: dict[type[Exception], type[httpx.TransportError]] = {
+    httpcore.TimeoutException: httpx.TimeoutException,
+    httpcore.ConnectTimeout: httpx.ConnectTimeout,
+    httpcore.ReadTimeout: httpx.ReadTimeout,
+    httpcore.WriteTimeout: httpx.WriteTimeout,
+    httpcore.PoolTimeout: httpx.PoolTimeout,
+    httpcore.NetworkError: httpx.NetworkError,
+    httpcore.ConnectError: httpx.ConnectError,
+    httpcore.ReadError: httpx.ReadError,
+    httpcore.WriteError: httpx.WriteError,
+    httpcore.ProxyError: httpx.ProxyError,
+    httpcore.UnsupportedProtocol: httpx.UnsupportedProtocol,
+    httpcore.ProtocolError: httpx.ProtocolError,
+    httpcore.LocalProtocolError: httpx.LocalProtocolError,
+    httpcore.RemoteProtocolError: httpx.RemoteProtocolError,
+}
+
+
+@contextlib.contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        mapped: type[httpx.TransportError] | None = None
+        for core_error, httpx_error in _HTTPX_ERRORS.items():
+            if isinstance(exc, core_error) and (mapped is None or issubclass(httpx_error, mapped)):
+                mapped = httpx_error
+        if mapped is None:
+            raise  # ours (RefusedTarget) or a bug: as it is
+        raise mapped(str(exc)) from exc
+
+
+class _ResponseStream(httpx.SyncByteStream):
+    def __init__(self, stream: Iterable[bytes]):
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _as_httpx_errors():
+            yield from self.stream
+
+    def close(self) -> None:
+        close = getattr(self.stream, "close", None)
+        if close is not None:
+            close()
+
+
+class GuardedTransport(httpx.BaseTransport):
+    """An httpx transport over an httpcore connection pool that connects through
+    :class:`GuardedBackend` (httpx's own transport takes no network backend), built from
+    both libraries' public interfaces only."""
 
     def __init__(
         self,
@@ -267,15 +309,40 @@ class GuardedTransport(httpx.HTTPTransport):
         verify: ssl.SSLContext | str | bool = True,
         limits: httpx.Limits = DEFAULT_LIMITS,
     ):
-        super().__init__(verify=verify, limits=limits)
-        # httpx builds its pool without a way to pass a network backend: replace it.
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(verify=verify),
+        self.pool = httpcore.ConnectionPool(
+            ssl_context=verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=GuardedBackend(policy),
         )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _as_httpx_errors():
+            response = self.pool.handle_request(core_request)
+        if not isinstance(response.stream, Iterable):  # a sync pool answers with a sync stream
+            raise TypeError(f"httpcore returned a {type(response.stream).__name__} stream")
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def http_client(settings: Settings, *, timeout_s: float | None = None) -> httpx.Client:

@@ -95,9 +95,7 @@ class CommsHubClient:
     ):
         self.url = url
         self.key_name = key_name
-        self._client = httpx.Client(
-            headers={key_name: key} if key else {}, timeout=timeout_s, transport=transport
-        )
+        self._client = httpx.Client(headers={key_name: key} if key else {}, timeout=timeout_s, transport=transport)
 
     def __repr__(self) -> str:
         return f"CommsHubClient(url={self.url!r}, key_name={self.key_name!r})"
@@ -235,8 +233,9 @@ class UnflagQueue:
             except ResourceNotFoundError:
                 continue  # already gone (deleted by another reader, or the receipt expired)
             except AzureError as exc:
-                raise UnflagQueueError(f"cannot delete from unflag queue {self.queue_name}: {type(exc).__name__}") \
-                    from exc
+                raise UnflagQueueError(
+                    f"cannot delete from unflag queue {self.queue_name}: {type(exc).__name__}"
+                ) from exc
         return deleted
 
     def close(self) -> None:

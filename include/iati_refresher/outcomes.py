@@ -41,9 +41,7 @@ class Outcome:
         return cls(document_id, "skipped", code=code, message=message, data=data)
 
     @classmethod
-    def failed(
-        cls, document_id: str, code: str, message: str, *, retryable: bool, **data: Any
-    ) -> Outcome:
+    def failed(cls, document_id: str, code: str, message: str, *, retryable: bool, **data: Any) -> Outcome:
         return cls(document_id, "failed", code=code, message=message, retryable=retryable, data=data)
 
     def to_dict(self) -> dict[str, Any]:

@@ -87,11 +87,16 @@ def assess(
             state = _state(states, f"{stage}_{index}")
             if state in _DONE:
                 continue
-            failed.append(FailedBatch(
-                stage=stage, map_index=index, label=str(batch.get("label") or ""), key=str(batch.get("key") or ""),
-                ids=tuple(batch.get("ids") or ()), state=state if state in ("failed", "upstream_failed") else
-                "did not run",
-            ))
+            failed.append(
+                FailedBatch(
+                    stage=stage,
+                    map_index=index,
+                    label=str(batch.get("label") or ""),
+                    key=str(batch.get("key") or ""),
+                    ids=tuple(batch.get("ids") or ()),
+                    state=state if state in ("failed", "upstream_failed") else "did not run",
+                )
+            )
         health.failed_batches += failed
         if plan and len(failed) == len(plan):
             health.stage_problems.append(f"every {stage} batch failed ({len(failed)} of {len(plan)})")

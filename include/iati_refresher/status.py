@@ -23,10 +23,10 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
-
 from iati_refresher.db import repository as repo
+from iati_refresher.db.types import Db
 from iati_refresher.settings import Settings, get_settings
+from iati_refresher.stage_specs import STAGE_WORDS, STAGES
 
 STATES = repo.DOCUMENT_STATES
 STATE_LABELS = {
@@ -40,24 +40,30 @@ STATE_LABELS = {
     "parked": "Parked",
 }
 AVAILABILITY = ("Yes", "Partial", "Old version", "No", "Pending", "Indexing not configured", "N/A")
-NOT_INDEXED_HERE = ("indexing is not configured in this deployment (no 'solr' connection): the activities are "
-                    "in the activity lake, but nothing is searchable")
-STAGE_WORDS = {
-    "download": "download",
-    "validate": "validation",
-    "clean": "cleaning",
-    "flatten": "flattening",
-    "lakify": "lakify (activity lake)",
-    "index": "indexing",
-}
+NOT_INDEXED_HERE = (
+    "indexing is not configured in this deployment (no 'solr' connection): the activities are "
+    "in the activity lake, but nothing is searchable"
+)
 SUPPORTED_VERSIONS = ("2.01", "2.02", "2.03")
 # The reference's error columns, in pipeline order (other IATI services read them).
 ERROR_COLUMNS = (
-    "download_error", "validation_api_error", "clean_error", "flatten_api_error", "lakify_error", "solr_api_error",
+    "download_error",
+    "validation_api_error",
+    "clean_error",
+    "flatten_api_error",
+    "lakify_error",
+    "solr_api_error",
 )
 TIMESTAMP_COLUMNS = (
-    "first_seen", "modified", "downloaded", "validated", "clean_end", "flatten_end", "lakify_end",
-    "solrize_end", "last_solrize_end",
+    "first_seen",
+    "modified",
+    "downloaded",
+    "validated",
+    "clean_end",
+    "flatten_end",
+    "lakify_end",
+    "solrize_end",
+    "last_solrize_end",
 )
 TIMESTAMP_LABELS = {
     "first_seen": "first seen",
@@ -77,7 +83,7 @@ TIMESTAMP_LABELS = {
 # ---------------------------------------------------------------------------------------
 
 
-def dataset_status(conn: psycopg.Connection, key: str, *, settings: Settings | None = None) -> list[dict[str, Any]]:
+def dataset_status(conn: Db, key: str, *, settings: Settings | None = None) -> list[dict[str, Any]]:
     """The status of the dataset(s) whose id or name is ``key`` (usually one; none if unknown).
 
     :param conn: an open refresher database connection (dict rows).
@@ -90,7 +96,7 @@ def dataset_status(conn: psycopg.Connection, key: str, *, settings: Settings | N
 
 
 def list_datasets(
-    conn: psycopg.Connection,
+    conn: Db,
     *,
     publisher: str | None = None,
     state: str | None = None,
@@ -109,14 +115,21 @@ def list_datasets(
     """
     settings = settings or get_settings()
     rows = repo.document_status_rows(
-        conn, publisher=publisher, state=state, query=query, limit=limit, offset=offset,
+        conn,
+        publisher=publisher,
+        state=state,
+        query=query,
+        limit=limit,
+        offset=offset,
         safety_period_s=settings.safety_check_period_s,
     )
     total = int(rows[0]["total"]) if rows else 0
     if not rows and offset:
         # Past the last page: still report how many there are.
-        total = sum(repo.document_state_counts(conn, publisher=publisher, query=query)[s]
-                    for s in ([state] if state else STATES))
+        total = sum(
+            repo.document_state_counts(conn, publisher=publisher, query=query)[s]
+            for s in ([state] if state else STATES)
+        )
     return {"total": total, "limit": limit, "offset": offset, "items": [explain(r, settings) for r in rows]}
 
 
@@ -147,7 +160,7 @@ def explain(row: dict[str, Any], settings: Settings | None = None, *, indexing: 
         it a dataset that reached the lake is "Indexing not configured", not "Pending" forever.
     """
     settings = settings or get_settings()
-    order = {stage: i for i, stage in enumerate(repo.STAGES)}
+    order = {stage: i for i, stage in enumerate(STAGES)}
     stages = sorted((dict(s) for s in (row.get("stages") or [])), key=lambda s: (order.get(s["stage"], 99), s["stage"]))
     for s in stages:
         for key in ("first_attempt_at", "last_attempt_at", "next_attempt_at"):
@@ -157,8 +170,11 @@ def explain(row: dict[str, Any], settings: Settings | None = None, *, indexing: 
     report = _report_facts(row)
     reasons = _reasons(row, report, stages, settings)
     availability = _availability(row, report)
-    if availability == "Pending" and row["state"] == "lakified" and not (
-            index_configured() if indexing is None else indexing):
+    if (
+        availability == "Pending"
+        and row["state"] == "lakified"
+        and not (index_configured() if indexing is None else indexing)
+    ):
         availability = "Indexing not configured"
         reasons = [NOT_INDEXED_HERE, *reasons]
     return {
@@ -307,77 +323,105 @@ def download_error_text(code: int, settings: Settings | None = None) -> str:
 def _reasons(
     row: dict[str, Any], report: dict[str, Any] | None, stages: list[dict[str, Any]], settings: Settings
 ) -> list[str]:
-    reasons: list[str] = []
-    by_stage = {s["stage"]: s for s in stages}
+    """Why the dataset is where it is, in the order a reader asks: the download, the wait for
+    validation, the report, the content, our stages' records, what searchers see meanwhile."""
+    excluded = _excluded_by_report(report)
+    return [
+        *_download_reasons(row, settings),
+        *_validation_wait_reasons(row, report, settings),
+        *_report_reasons(row, report, excluded),
+        *_content_reasons(row),
+        *_stage_reasons(row, stages, excluded, settings),
+        *_search_reasons(row, excluded),
+    ]
 
-    # 1. The download.
+
+def _download_reasons(row: dict[str, Any], settings: Settings) -> list[str]:
     code = row.get("download_error")
     if row.get("downloaded") is None and code is not None:
-        reasons.append(f"The file could not be downloaded: {download_error_text(int(code), settings)}.")
+        return [f"The file could not be downloaded: {download_error_text(int(code), settings)}."]
+    return []
 
-    # 2. Waiting before (or unable to get) a full validation report.
-    if report is None and row.get("downloaded") is not None:
-        if row.get("file_schema_valid") is False:
-            ends = row.get("safety_period_ends")
-            if row.get("black_flag") is not None:
-                reasons.append(
-                    f"The publisher is paused since {_when(row['black_flag'])}: it published more than "
-                    f"{settings.safety_check_threshold} schema-invalid files within "
-                    f"{_hours(settings.safety_check_period_s)}. This file fails the IATI schema, so its "
-                    "activities are checked one by one only after the publisher is unflagged."
-                )
-            elif ends is not None and row.get("checked_at") is not None and ends > row["checked_at"]:
-                reasons.append(
-                    "The file fails the IATI schema. Its valid activities will be checked after the "
-                    f"safety period, from {_when(ends)}."
-                )
-        api_error = row.get("validation_api_error")
-        if api_error is not None:
-            reasons.append(f"The IATI Validator could not check the file: {_validator_error_text(int(api_error))}.")
 
-    # 3. What the validation report says about the whole file.
-    excluded = _excluded_by_report(report)
-    if report is not None:
-        critical = report["summary"].get("critical")
-        critical_text = f" ({critical} critical error{'s' if critical != 1 else ''})" if critical else ""
-        total, valid = report["activities"], report["valid_activities"]
-        version = report["iati_version"] or ""
-        if excluded == "organisation":
-            reasons.append("This is an organisation file: the IATI datastore holds activity files only.")
-        elif excluded == "not_iati":
+def _validation_wait_reasons(row: dict[str, Any], report: dict[str, Any] | None, settings: Settings) -> list[str]:
+    """Waiting before (or unable to get) a full validation report."""
+    if report is not None or row.get("downloaded") is None:
+        return []
+    reasons: list[str] = []
+    if row.get("file_schema_valid") is False:
+        ends = row.get("safety_period_ends")
+        if row.get("black_flag") is not None:
             reasons.append(
-                "This is not a readable IATI file: the validator found no <iati-activities> or "
-                "<iati-organisations> root, or the XML could not be parsed."
+                f"The publisher is paused since {_when(row['black_flag'])}: it published more than "
+                f"{settings.safety_check_threshold} schema-invalid files within "
+                f"{_hours(settings.safety_check_period_s)}. This file fails the IATI schema, so its "
+                "activities are checked one by one only after the publisher is unflagged."
             )
-        elif excluded == "version_1x":
-            reasons.append(f"The file uses IATI version {version}: version 1 files are no longer accepted.")
-        elif excluded == "unsupported_version":
+        elif ends is not None and row.get("checked_at") is not None and ends > row["checked_at"]:
             reasons.append(
-                f"The file uses IATI version {version}, which the datastore does not support "
-                f"(supported: {', '.join(SUPPORTED_VERSIONS)})."
+                "The file fails the IATI schema. Its valid activities will be checked after the "
+                f"safety period, from {_when(ends)}."
             )
-        elif excluded == "no_valid_activities":
-            reasons.append(
-                f"The file fails the IATI schema{critical_text} and none of its {total} activities is valid: "
-                "nothing from it can go to the datastore."
-            )
-        elif report["valid"] is False:
-            if total is not None and valid is not None:
-                reasons.append(
-                    f"The file fails the IATI schema{critical_text}: {valid} of {total} activities kept; "
-                    "the invalid ones are left out of the datastore."
-                )
-            else:
-                reasons.append(f"The file fails the IATI schema{critical_text}.")
-        if row.get("regenerate_validation_report"):
-            reasons.append("A new validation report was requested; the file will be validated again.")
+    api_error = row.get("validation_api_error")
+    if api_error is not None:
+        reasons.append(f"The IATI Validator could not check the file: {_validator_error_text(int(api_error))}.")
+    return reasons
 
-    # 4. A file with no activities.
+
+def _report_reasons(row: dict[str, Any], report: dict[str, Any] | None, excluded: str | None) -> list[str]:
+    """What the validation report says about the whole file."""
+    if report is None:
+        return []
+    reasons: list[str] = []
+    critical = report["summary"].get("critical")
+    critical_text = f" ({critical} critical error{'s' if critical != 1 else ''})" if critical else ""
+    total, valid = report["activities"], report["valid_activities"]
+    version = report["iati_version"] or ""
+    if excluded == "organisation":
+        reasons.append("This is an organisation file: the IATI datastore holds activity files only.")
+    elif excluded == "not_iati":
+        reasons.append(
+            "This is not a readable IATI file: the validator found no <iati-activities> or "
+            "<iati-organisations> root, or the XML could not be parsed."
+        )
+    elif excluded == "version_1x":
+        reasons.append(f"The file uses IATI version {version}: version 1 files are no longer accepted.")
+    elif excluded == "unsupported_version":
+        reasons.append(
+            f"The file uses IATI version {version}, which the datastore does not support "
+            f"(supported: {', '.join(SUPPORTED_VERSIONS)})."
+        )
+    elif excluded == "no_valid_activities":
+        reasons.append(
+            f"The file fails the IATI schema{critical_text} and none of its {total} activities is valid: "
+            "nothing from it can go to the datastore."
+        )
+    elif report["valid"] is False:
+        if total is not None and valid is not None:
+            reasons.append(
+                f"The file fails the IATI schema{critical_text}: {valid} of {total} activities kept; "
+                "the invalid ones are left out of the datastore."
+            )
+        else:
+            reasons.append(f"The file fails the IATI schema{critical_text}.")
+    if row.get("regenerate_validation_report"):
+        reasons.append("A new validation report was requested; the file will be validated again.")
+    return reasons
+
+
+def _content_reasons(row: dict[str, Any]) -> list[str]:
     if row.get("flatten_end") is not None and row.get("activity_count") == 0:
-        reasons.append("The file contains no activities.")
+        return ["The file contains no activities."]
+    return []
 
-    # 5. What our stages recorded: parked (skipped or gave up) and retries.
-    parked = by_stage.get(row.get("parked_stage") or "")
+
+def _stage_reasons(
+    row: dict[str, Any], stages: list[dict[str, Any]], excluded: str | None, settings: Settings
+) -> list[str]:
+    """What our stages recorded: parked (skipped or gave up) and retries."""
+    reasons: list[str] = []
+    code = row.get("download_error")
+    parked = {s["stage"]: s for s in stages}.get(row.get("parked_stage") or "")
     if parked is not None:
         where = STAGE_WORDS.get(parked["stage"], parked["stage"])
         message = parked.get("message") or parked.get("code") or "no detail recorded"
@@ -395,8 +439,12 @@ def _reasons(
                 f"(attempt {s['attempts']} of {settings.max_attempts}): {s.get('message') or s.get('code')}. "
                 f"Next try after {_when(s['next_attempt_at'])}."
             )
+    return reasons
 
-    # 6. What searchers see meanwhile.
+
+def _search_reasons(row: dict[str, Any], excluded: str | None) -> list[str]:
+    """What searchers see meanwhile."""
+    reasons: list[str] = []
     if _indexed_version(row) == "previous":
         reasons.append(
             "The previous version of this file is still searchable in the datastore while this version "
@@ -460,8 +508,9 @@ def format_status(row: dict[str, Any]) -> str:
     if row.get("publisher") and row.get("publisher") != row.get("publisher_name"):
         publisher += f" (org id {row['publisher']})"
     lines.append(f"{'publisher':12} {publisher}")
-    state = row["state_label"] + (f" at {STAGE_WORDS.get(row['parked_stage'], row['parked_stage'])}"
-                                  if row.get("parked_stage") else "")
+    state = row["state_label"] + (
+        f" at {STAGE_WORDS.get(row['parked_stage'], row['parked_stage'])}" if row.get("parked_stage") else ""
+    )
     lines.append(f"{'state':12} {state}; in the datastore: {row['availability']}")
     for i, reason in enumerate(row["reasons"] or ["nothing to report"]):
         lines.append(f"{'why' if i == 0 else '':12} {reason}")
@@ -469,8 +518,10 @@ def format_status(row: dict[str, Any]) -> str:
     if report:
         counts = ", ".join(f"{k} {v}" for k, v in report["summary"].items())
         kind = report["file_type"] or "unknown type"
-        lines.append(f"{'report':12} {'valid' if report['valid'] else 'invalid'} {kind} "
-                     f"{report['iati_version'] or ''}".rstrip() + (f"; {counts}" if counts else ""))
+        lines.append(
+            f"{'report':12} {'valid' if report['valid'] else 'invalid'} {kind} {report['iati_version'] or ''}".rstrip()
+            + (f"; {counts}" if counts else "")
+        )
     acts = row["activities"]
     known = {k: v for k, v in acts.items() if v is not None}
     if known:
@@ -479,8 +530,10 @@ def format_status(row: dict[str, Any]) -> str:
         lines.append(f"{'errors':12} " + ", ".join(f"{k}={v}" for k, v in row["errors"].items()))
     last = row.get("last_error")
     if last:
-        text = (f"{last['stage']} {last['outcome']} {last['code'] or ''}: {last['message'] or ''} "
-                f"({_attempts(last['attempts'] or 0)}")
+        text = (
+            f"{last['stage']} {last['outcome']} {last['code'] or ''}: {last['message'] or ''} "
+            f"({_attempts(last['attempts'] or 0)}"
+        )
         if last["next_attempt_at"]:
             text += f"; next try after {_when(last['next_attempt_at'])}"
         lines.append(f"{'last error':12} {text})")

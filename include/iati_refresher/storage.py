@@ -64,9 +64,14 @@ class BlobStoreConfig:
         """What the Azure SDK's clients take besides the credential: our retry policy (a few
         quick retries: the SDK's default waits of 15 s and more hold every blob request for
         about 90 s while storage is down; longer outages are the stage retries' business)."""
-        return {"retry_total": self.retry_total, "initial_backoff": self.retry_backoff_s, "increment_base": 1,
-                "random_jitter_range": min(1, self.retry_backoff_s), "connection_timeout": 20,
-                "read_timeout": self.timeout_s}
+        return {
+            "retry_total": self.retry_total,
+            "initial_backoff": self.retry_backoff_s,
+            "increment_base": 1,
+            "random_jitter_range": min(1, self.retry_backoff_s),
+            "connection_timeout": 20,
+            "read_timeout": self.timeout_s,
+        }
 
     def describe(self) -> str:
         if self.backend == "local":
@@ -233,15 +238,25 @@ class AzureBlobStore:
     :param service: a ready ``BlobServiceClient`` (what :func:`open_blob_store` passes).
     """
 
-    def __init__(self, connection_string: str | None = None, *, service: object | None = None,
-                 timeout_s: float = 300.0, retry_total: int = 3, retry_backoff_s: int = 2):
+    def __init__(
+        self,
+        connection_string: str | None = None,
+        *,
+        service: object | None = None,
+        timeout_s: float = 300.0,
+        retry_total: int = 3,
+        retry_backoff_s: int = 2,
+    ):
         if service is None:
             if not connection_string:
                 raise ValueError("AzureBlobStore needs a connection string or a service client")
-            config = BlobStoreConfig(backend="azure", retry_total=retry_total, retry_backoff_s=retry_backoff_s,
-                                     timeout_s=timeout_s,
-                                     connection=ConnectionInfo(BLOB_STORAGE, "wasb", extra={
-                                         "connection_string": connection_string}))
+            config = BlobStoreConfig(
+                backend="azure",
+                retry_total=retry_total,
+                retry_backoff_s=retry_backoff_s,
+                timeout_s=timeout_s,
+                connection=ConnectionInfo(BLOB_STORAGE, "wasb", extra={"connection_string": connection_string}),
+            )
             service = azure_service_client(config)
         self._service: Any = service
 
@@ -321,9 +336,7 @@ class AzureBlobStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            for blob in self._service.get_container_client(container).list_blobs(
-                name_starts_with=prefix or None
-            ):
+            for blob in self._service.get_container_client(container).list_blobs(name_starts_with=prefix or None):
                 yield blob.name
         except ResourceNotFoundError:
             return
@@ -424,8 +437,16 @@ def azure_service_client(config: BlobStoreConfig) -> Any:
     from azure.storage.blob import BlobServiceClient
 
     extra = {k: v for k, v in conn.extra.items() if not k.startswith("extra__")}
-    for name in ("connection_string", "tenant_id", "shared_access_key", "sas_token", "account_key",
-                 "managed_identity_client_id", "workload_identity_tenant_id", "client_secret_auth_config"):
+    for name in (
+        "connection_string",
+        "tenant_id",
+        "shared_access_key",
+        "sas_token",
+        "account_key",
+        "managed_identity_client_id",
+        "workload_identity_tenant_id",
+        "client_secret_auth_config",
+    ):
         extra.pop(name, None)
     kwargs = {**options, **extra}
     connection_string = _wasb_field(conn.extra, "connection_string")
@@ -436,9 +457,13 @@ def azure_service_client(config: BlobStoreConfig) -> Any:
     if tenant:
         from azure.identity import ClientSecretCredential
 
-        credential = ClientSecretCredential(tenant_id=tenant, client_id=conn.login, client_secret=conn.password,
-                                            **(conn.extra.get("client_secret_auth_config") or {}))
-        return BlobServiceClient(account_url=account_url, credential=credential, **kwargs)
+        secret = ClientSecretCredential(
+            tenant_id=tenant,
+            client_id=conn.login,
+            client_secret=conn.password,
+            **(conn.extra.get("client_secret_auth_config") or {}),
+        )
+        return BlobServiceClient(account_url=account_url, credential=secret, **kwargs)
     shared_access_key = _wasb_field(conn.extra, "shared_access_key")
     if shared_access_key:
         return BlobServiceClient(account_url=account_url, credential=shared_access_key, **kwargs)
@@ -466,8 +491,12 @@ def blob_config_from(conn: ConnectionInfo | None, settings: Settings) -> BlobSto
         if not settings.embedded:
             raise ConnectionMissing(BLOB_STORAGE, "Azure Blob Storage for the files the pipeline keeps")
         return BlobStoreConfig(backend="local", local_dir=settings.local_blob_dir)
-    return BlobStoreConfig(backend="azure", connection=conn, retry_total=settings.blob_retry_total,
-                           retry_backoff_s=settings.blob_retry_backoff_s)
+    return BlobStoreConfig(
+        backend="azure",
+        connection=conn,
+        retry_total=settings.blob_retry_total,
+        retry_backoff_s=settings.blob_retry_backoff_s,
+    )
 
 
 def blob_config_for(settings: Settings) -> BlobStoreConfig:

@@ -39,6 +39,8 @@ DEFAULT_VERSION_PATH = "/api/pub/version"
 
 class ValidatorUnavailable(RuntimeError):
     """The Validator API did not answer a request that needs no file (its version)."""
+
+
 UPLOAD_CHUNK = 256 * 1024
 CONNECT_TIMEOUT_S = 30.0
 _UTF8_CODECS = {"utf-8", "utf-8-sig", "ascii"}
@@ -227,6 +229,7 @@ def client_from_connection(conn: ConnectionInfo, settings: Settings) -> Validato
     and ``key`` (or the connection password) the key header; optional extras
     ``schema_path``, ``validate_path`` and ``timeout_s`` override the defaults.
     """
+
     def extra(name: str) -> Any:  # plain, or with the UI's ``extra__<type>__`` prefix
         return conn.extra.get(name) or conn.extra.get(f"extra__{conn.conn_type}__{name}")
 

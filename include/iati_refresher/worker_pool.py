@@ -79,7 +79,11 @@ class _Worker:
     def __init__(self, init_message: Any, env: dict[str, str]):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "iati_refresher.worker_pool"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=env, close_fds=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            env=env,
+            close_fds=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.to_worker: IO[bytes] = self.proc.stdin
@@ -88,8 +92,9 @@ class _Worker:
         self.timed_out = False
         _send(self.to_worker, init_message)
 
-    def run(self, fn: Callable[..., dict[str, Any]], doc: dict[str, Any], settings: Any,
-            timeout_s: float) -> tuple[dict[str, Any], int]:
+    def run(
+        self, fn: Callable[..., dict[str, Any]], doc: dict[str, Any], settings: Any, timeout_s: float
+    ) -> tuple[dict[str, Any], int]:
         """The worker's answer for one document; raises _WorkerLost when it died or overran."""
         timer = threading.Timer(timeout_s, self.kill, kwargs={"timed_out": True})
         timer.daemon = True
@@ -190,8 +195,14 @@ def run_documents(
                     continue
                 except Exception as exc:  # could not even start a worker: this document fails, visibly
                     log.exception("could not run %s on %s in a worker process", fn.__name__, doc.get("id"))
-                    results.put((doc, Outcome.failed(doc["id"], "worker_unavailable",
-                                                     f"no worker process: {exc}", retryable=True).to_dict()))
+                    results.put(
+                        (
+                            doc,
+                            Outcome.failed(
+                                doc["id"], "worker_unavailable", f"no worker process: {exc}", retryable=True
+                            ).to_dict(),
+                        )
+                    )
                     worker = None
                     continue
                 results.put((doc, outcome))
@@ -232,12 +243,18 @@ def run_documents(
 
 def _lost_outcome(doc: dict[str, Any], lost: _WorkerLost, limits: PoolLimits) -> dict[str, Any]:
     if lost.timed_out:
-        return Outcome.failed(doc["id"], "worker_timeout",
-                              f"processing took longer than {limits.document_timeout_s:.0f} s; the worker was stopped",
-                              retryable=True).to_dict()
-    return Outcome.failed(doc["id"], "worker_crashed",
-                          f"the worker process died while processing this document ({lost.how})",
-                          retryable=True).to_dict()
+        return Outcome.failed(
+            doc["id"],
+            "worker_timeout",
+            f"processing took longer than {limits.document_timeout_s:.0f} s; the worker was stopped",
+            retryable=True,
+        ).to_dict()
+    return Outcome.failed(
+        doc["id"],
+        "worker_crashed",
+        f"the worker process died while processing this document ({lost.how})",
+        retryable=True,
+    ).to_dict()
 
 
 # --- the worker process ------------------------------------------------------------------------------

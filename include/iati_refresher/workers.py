@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iati_refresher import connections
+from iati_refresher.log_noise import quiet_noisy_loggers
 from iati_refresher.outcomes import Outcome
 from iati_refresher.settings import Settings
 from iati_refresher.storage import BlobNotFound, BlobStorageError, BlobStore, blob_config_for, open_blob_store
@@ -42,9 +43,7 @@ def init_worker(resolved: dict[str, connections.ConnectionInfo | None]) -> None:
     storage.LIGHT_CLIENTS[0] = True
     atexit.register(close_clients)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # One INFO line per HTTP request (Solr, validator, blob service) would flood the task log.
-    for noisy in ("azure", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_noisy_loggers()
 
 
 #: The clients a process keeps (one per kind and settings: kept-alive connections, not one
@@ -67,7 +66,8 @@ def _blobs(settings: Settings) -> BlobStore:
 def close_clients() -> None:
     """Close the clients this process kept."""
     with _CLIENTS_LOCK:
-        clients, _ = list(_CLIENTS.values()), _CLIENTS.clear()
+        clients = list(_CLIENTS.values())
+        _CLIENTS.clear()
     for client in clients:
         close = getattr(client, "close", None)
         if close is not None:
@@ -113,8 +113,9 @@ def validate(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
             try:
                 _blobs(settings).get_to_file(settings.source_container, f"{doc['hash']}.xml", path)
             except BlobNotFound:
-                return Outcome.failed(doc["id"], "source_missing", "the downloaded file is missing from storage",
-                                      retryable=False)
+                return Outcome.failed(
+                    doc["id"], "source_missing", "the downloaded file is missing from storage", retryable=False
+                )
             return stage.validate_document(
                 doc, path, _validator(settings, validator_for), settings, now=datetime.now(UTC).replace(tzinfo=None)
             )
@@ -163,16 +164,6 @@ def index(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return _guard(doc["id"], work)
 
 
-STAGE_WORKERS: dict[str, WorkerFn] = {
-    "download": download,
-    "validate": validate,
-    "clean": clean,
-    "flatten": flatten,
-    "lakify": lakify,
-    "index": index,
-}
-
-
 # --- pools --------------------------------------------------------------------------------------
 
 
@@ -196,15 +187,22 @@ def run_pool(
         yield from run_documents(fn, docs, settings, size=size, connections=resolved, limits=limits)
         return
     size = max(1, min(size, len(docs)))
-    if kind == "inline" or size == 1:
-        with connections.preloaded(resolved):
+    with connections.preloaded(resolved):
+        if kind == "inline" or size == 1:
             for doc in docs:
                 yield doc, fn(doc, settings)
-        return
-    with connections.preloaded(resolved), ThreadPoolExecutor(max_workers=size, thread_name_prefix="refresher") as pool:
+        else:
+            yield from _run_in_threads(fn, docs, settings, size)
+
+
+def _run_in_threads(
+    fn: WorkerFn, docs: Sequence[dict[str, Any]], settings: Settings, size: int
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """``size`` threads of this process; at most 2 x size documents in flight, so big batches
+    don't pile up results."""
+    with ThreadPoolExecutor(max_workers=size, thread_name_prefix="refresher") as pool:
         pending: dict[Future[dict[str, Any]], dict[str, Any]] = {}
         queue = list(docs)
-        # Keep at most 2 x size documents in flight: big batches don't pile up results.
         while queue or pending:
             while queue and len(pending) < 2 * size:
                 doc = queue.pop(0)

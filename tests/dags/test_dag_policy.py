@@ -54,15 +54,37 @@ def test_house_rules(dagbag, dag_id: str) -> None:
 def test_refresh_maps_per_document_work_over_named_batches(dagbag) -> None:
     dag = dagbag.dags["iati_refresh"]
     assert dag.max_active_runs == 1
-    for stage, pool in {"download": "iati_publishers", "validate": "iati_validator", "clean": "refresher_cpu",
-                        "flatten": "refresher_cpu", "lakify": "refresher_cpu", "index": "solr"}.items():
+    for stage, pool in {
+        "download": "iati_publishers",
+        "validate": "iati_validator",
+        "clean": "refresher_cpu",
+        "flatten": "refresher_cpu",
+        "lakify": "refresher_cpu",
+        "index": "solr",
+    }.items():
         task = dag.task_dict[stage]
         assert task.pool == pool
         assert task.map_index_template
         assert task.on_failure_callback in (None, [])  # per-dataset failures never page
-    order = ["preflight", "migrate_database", "sync_registry", "plan_download", "download", "safety_check", "plan_validate",
-             "validate", "plan_clean", "clean", "plan_flatten", "flatten", "plan_lakify", "lakify", "plan_index",
-             "index", "summary"]
+    order = [
+        "preflight",
+        "migrate_database",
+        "sync_registry",
+        "plan_download",
+        "download",
+        "safety_check",
+        "plan_validate",
+        "validate",
+        "plan_clean",
+        "clean",
+        "plan_flatten",
+        "flatten",
+        "plan_lakify",
+        "lakify",
+        "plan_index",
+        "index",
+        "summary",
+    ]
     for before, after in itertools.pairwise(order):
         assert after in dag.task_dict[before].get_flat_relative_ids(upstream=False), f"{before} must run before {after}"
 

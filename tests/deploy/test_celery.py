@@ -62,8 +62,13 @@ def stack(world: World, tmp_path_factory) -> Iterator[AirflowStack]:
     airflow = AirflowStack(
         home=tmp_path_factory.mktemp("airflow-celery"),
         metadata_uri=services.airflow_uri(metadata, driver="postgresql+psycopg"),
-        executor="CeleryExecutor", broker_url=services.redis_url(), api_port=services.free_port(),
-        workers=2, worker_concurrency=2, worker_pool="prefork", environment=environment,
+        executor="CeleryExecutor",
+        broker_url=services.redis_url(),
+        api_port=services.free_port(),
+        workers=2,
+        worker_concurrency=2,
+        worker_pool="prefork",
+        environment=environment,
         heartbeat_timeout_s=20,
     )
     started = time.monotonic()
@@ -161,10 +166,13 @@ def _listening_ports() -> list[tuple[str, int, str]]:
                 continue
             address, port = fields[1].split(":")
             if len(address) == 8:
-                addr = ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0))
+                addr = ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0))
             else:
-                addr = "::1" if address == "00000000000000000000000001000000" else (
-                    "::" if set(address) == {"0"} else address)
+                addr = (
+                    "::1"
+                    if address == "00000000000000000000000001000000"
+                    else ("::" if set(address) == {"0"} else address)
+                )
             found.append((addr, int(port, 16), fields[9]))
     return found
 

@@ -53,21 +53,29 @@ def refresher_env(pg_dbname: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 @pytest.fixture
 def run_dag(dagbag) -> Callable[..., Any]:
     """Run a DAG once through ``dag.test()``; returns (dag_run, {task_id[map_index]: state})."""
+    from tests.e2e.world import run_dag
 
     def run(dag_id: str, conf: dict[str, Any] | None = None):
-        from airflow.models import TaskInstance
-        from airflow.utils.session import create_session
-
-        dag = dagbag.dags[dag_id]
-        dag_run = dag.test(run_conf=conf) if conf is not None else dag.test()
-        with create_session() as session:
-            tis = session.query(TaskInstance).filter(
-                TaskInstance.dag_id == dag_id, TaskInstance.run_id == dag_run.run_id
-            ).all()
-            states = {
-                (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state)
-                for ti in tis
-            }
+        dag_run, states, _ = run_dag(dagbag, dag_id, conf, quick=False)
         return dag_run, states
 
     return run
+
+
+@pytest.fixture(scope="module")
+def reference(pg_template, azurite, dagbag):
+    """The digest of one fault-free run of the corpus (its own database, containers and Solr)."""
+    from tests.e2e.world import reference_digest
+
+    return reference_digest(pg_template, azurite, dagbag)
+
+
+@pytest.fixture
+def world(pg_dbname, azurite, monkeypatch):
+    """A complete world (tests/e2e/world.py) serving the six-dataset corpus; suites that need
+    another world define their own ``world``."""
+    from tests.e2e.world import open_world
+
+    with open_world(pg_dbname[-12:].replace("_", "-"), pg_dbname, azurite, monkeypatch) as w:
+        w.publish_corpus()
+        yield w

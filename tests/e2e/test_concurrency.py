@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,25 +26,13 @@ import pytest
 from iati_refresher import pipeline
 from iati_refresher.db import repository as repo
 from iati_refresher.db.connection import connect
-from tests.e2e.world import ORG_A, World, assert_converged, open_world, reference_digest
-from tests.support import digest, hostile
+from tests.e2e.world import ORG_A, World, assert_converged
+from tests.support import hostile
 
 pytestmark = pytest.mark.e2e
 
 STAGES = pipeline.STAGES
 DAG_ID = "iati_refresh"
-
-
-@pytest.fixture(scope="module")
-def reference(pg_template, azurite, dagbag) -> digest.Digest:
-    return reference_digest(pg_template, azurite, dagbag)
-
-
-@pytest.fixture
-def world(pg_dbname, azurite, monkeypatch) -> Iterator[World]:
-    with open_world(pg_dbname[-12:].replace("_", "-"), pg_dbname, azurite, monkeypatch) as w:
-        w.publish_corpus()
-        yield w
 
 
 def run_stage(stage: str, run_id: str) -> list[dict[str, Any]]:
@@ -81,7 +68,8 @@ pipeline.run_batch(json.loads(sys.argv[2]), run_id=sys.argv[1], dag_id="iati_ref
 def claims_of(world: World, owner_prefix: str) -> list[dict[str, Any]]:
     return world.rows(
         "SELECT document_id, owner, expires_at > (now() AT TIME ZONE 'UTC') AS live FROM document_claim "
-        "WHERE owner LIKE %s ORDER BY document_id", owner_prefix + "%",
+        "WHERE owner LIKE %s ORDER BY document_id",
+        owner_prefix + "%",
     )
 
 
@@ -108,13 +96,15 @@ def test_the_scheduled_run_and_an_operator_rerun_overlap_safely(world: World, re
     assert [p.wait(180) for p in runs] == [0, 0]
 
     telemetry = world.rows(
-        "SELECT stage, run_id, sum(documents_in) AS n FROM run_stage_telemetry GROUP BY stage, run_id")
+        "SELECT stage, run_id, sum(documents_in) AS n FROM run_stage_telemetry GROUP BY stage, run_id"
+    )
     per_stage = {s: sum(int(r["n"]) for r in telemetry if r["stage"] == s) for s in STAGES}
     recorded = {s: len(world.rows("SELECT 1 FROM document_stage WHERE stage = %s", s)) for s in STAGES}
     assert per_stage == recorded, "no document was processed by both runs in any stage"
     assert {r["run_id"] for r in telemetry if int(r["n"])} == {"scheduled__a", "manual__b"}, "both did work"
-    spans = world.rows("SELECT run_id, min(started_at) AS s, max(finished_at) AS f FROM run_stage_telemetry "
-                       "GROUP BY run_id")
+    spans = world.rows(
+        "SELECT run_id, min(started_at) AS s, max(finished_at) AS f FROM run_stage_telemetry GROUP BY run_id"
+    )
     assert max(r["s"] for r in spans) < min(r["f"] for r in spans), "at the same time"
     assert world.rows("SELECT * FROM document_stage WHERE attempts <> 1") == []
     validated = len(world.rows("SELECT 1 FROM document WHERE validation IS NOT NULL"))
@@ -158,18 +148,23 @@ def test_a_batch_that_outlives_its_lease_keeps_its_claims(world: World, monkeypa
     world.validator.delay_next(4.0)
 
     stolen: list[str] = []
-    worker = threading.Thread(target=pipeline.run_batch, args=(batch,),
-                              kwargs={"run_id": "scheduled__slow", "dag_id": DAG_ID})
+    worker = threading.Thread(
+        target=pipeline.run_batch, args=(batch,), kwargs={"run_id": "scheduled__slow", "dag_id": DAG_ID}
+    )
     worker.start()
     wait_for(lambda: len(claims_of(world, "scheduled__slow")) == len(batch["ids"]), "the batch to claim")
     with connect(world.conninfo) as conn:
         while worker.is_alive():
             taken = repo.claim(conn, batch["ids"], "validate", "manual__intruder", 60)
             # A document whose outcome is recorded is finished: taking it then is fine.
-            unfinished = [r["id"] for r in conn.execute(
-                """SELECT d.id FROM document d WHERE d.id = ANY(%s) AND NOT EXISTS (
+            unfinished = [
+                r["id"]
+                for r in conn.execute(
+                    """SELECT d.id FROM document d WHERE d.id = ANY(%s) AND NOT EXISTS (
                        SELECT 1 FROM document_stage s WHERE s.document_id = d.id AND s.stage = 'validate')""",
-                (taken,)).fetchall()]
+                    (taken,),
+                ).fetchall()
+            ]
             repo.release(conn, taken, "manual__intruder")
             conn.commit()
             stolen += unfinished

@@ -32,8 +32,8 @@ from iati_refresher import pipeline
 from iati_refresher.db import repository as repo
 from iati_refresher.db.connection import connect
 from iati_refresher.sample.server import Reply
-from tests.e2e.world import INDEXED, SECRETS, World, assert_converged, open_world, reference_digest, run_dag, succeeded
-from tests.support import digest, services
+from tests.e2e.world import INDEXED, SECRETS, World, assert_converged, run_dag, succeeded
+from tests.support import services
 
 pytestmark = pytest.mark.e2e
 
@@ -41,20 +41,6 @@ STAGES = ("download", "validate", "clean", "flatten", "lakify", "index")
 
 
 # --- the fault-free reference ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def reference(pg_template, azurite, dagbag) -> digest.Digest:
-    """The digest of one fault-free run of the corpus (its own database, containers and Solr)."""
-    return reference_digest(pg_template, azurite, dagbag)
-
-
-@pytest.fixture
-def world(pg_dbname, azurite, monkeypatch) -> Iterator[World]:
-    with open_world(pg_dbname[-12:].replace("_", "-"), pg_dbname, azurite, monkeypatch) as w:
-        w.publish_corpus()
-        yield w
-
 
 
 def failed_rows(world: World, stage: str) -> dict[str, dict[str, Any]]:
@@ -84,9 +70,14 @@ def status_pages(app: Any, world: World) -> dict[str, str]:
 
     token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
     client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
-    paths = ["/iati-status/", "/iati-status/api/datasets?limit=500", "/iati-status/api/summary",
-             "/iati-status/metrics", *(f"/iati-status/api/datasets/{d}" for d in world.datasets),
-             *(f"/iati-status/datasets/{d}" for d in world.datasets)]
+    paths = [
+        "/iati-status/",
+        "/iati-status/api/datasets?limit=500",
+        "/iati-status/api/summary",
+        "/iati-status/metrics",
+        *(f"/iati-status/api/datasets/{d}" for d in world.datasets),
+        *(f"/iati-status/datasets/{d}" for d in world.datasets),
+    ]
     pages = {}
     for path in paths:
         response = client.get(path)
@@ -95,8 +86,12 @@ def status_pages(app: Any, world: World) -> dict[str, str]:
     return pages
 
 
-def assert_no_leaks(world: World, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
-                    pages: dict[str, str] | None = None) -> None:
+def assert_no_leaks(
+    world: World,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    pages: dict[str, str] | None = None,
+) -> None:
     """No secret of the world in captured output (task processes and workers included), log
     records, Airflow's log files, XComs, the refresher database, Slack messages or the status
     pages given."""
@@ -107,16 +102,14 @@ def assert_no_leaks(world: World, capfd: pytest.CaptureFixture[str], caplog: pyt
     sources = {"stdout": out, "stderr": err, "log records": caplog.text, **(pages or {})}
     logs = Path(os.environ["AIRFLOW_HOME"]) / "logs"
     if logs.is_dir():
-        sources["airflow log files"] = "\n".join(
-            p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file()
-        )
+        sources["airflow log files"] = "\n".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
     with create_session() as session:
         sources["xcom"] = "\n".join(str(x.value) for x in session.query(XComModel).all())
     with psycopg.connect(world.conninfo) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]
         sources["database"] = "\n".join(
-            str(row[0]) for t in tables
+            str(row[0])
+            for t in tables
             for row in conn.execute(f'SELECT row_to_json(t)::text FROM public."{t}" t').fetchall()
         )
     sources["slack"] = "\n".join(json.dumps(m.body) for m in world.slack.messages)
@@ -293,9 +286,15 @@ def test_a_blob_request_is_retried_a_bounded_number_of_times() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         endpoint = f"http://127.0.0.1:{server.server_address[1]}/{services.AZURITE_ACCOUNT}"
-        info = ConnectionInfo("refresher_blob", extra={"connection_string": (
-            f"DefaultEndpointsProtocol=http;AccountName={services.AZURITE_ACCOUNT};"
-            f"AccountKey={services.AZURITE_KEY};BlobEndpoint={endpoint};")})
+        info = ConnectionInfo(
+            "refresher_blob",
+            extra={
+                "connection_string": (
+                    f"DefaultEndpointsProtocol=http;AccountName={services.AZURITE_ACCOUNT};"
+                    f"AccountKey={services.AZURITE_KEY};BlobEndpoint={endpoint};"
+                )
+            },
+        )
         store = open_blob_store(blob_config_from(info, Settings(blob_retry_total=2, blob_retry_backoff_s=0)))
         with pytest.raises(BlobStorageError):
             store.put_bytes("source", "x.xml", b"<x/>")
@@ -319,7 +318,8 @@ def test_database_connections_dropped_mid_run_and_solr_down_before_the_index(
         with psycopg.connect(services.pg_admin(), autocommit=True) as admin:
             rows = admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'iati-refresher' AND datname = %s", (world.dbname,)
+                "WHERE application_name = 'iati-refresher' AND datname = %s",
+                (world.dbname,),
             ).fetchall()
         dropped.extend(1 for r in rows if r[0])
 
@@ -370,8 +370,11 @@ def test_a_batch_task_failing_after_its_retries_is_recorded_counted_and_paged_on
         assert (row["outcome"], row["code"], row["run_id"]) == ("failed", "batch_failed", run.run_id)
         assert "the clean[0: " in row["message"] and "No space left on device (injected)" in row["message"]
         assert row["next_attempt_at"] is not None, "retried by a later run"
-    telemetry = world.rows("SELECT sum(documents_failed) AS failed, sum(documents_ok) AS ok FROM run_stage_telemetry "
-                           "WHERE run_id = %s AND stage = 'clean'", run.run_id)[0]
+    telemetry = world.rows(
+        "SELECT sum(documents_failed) AS failed, sum(documents_ok) AS ok FROM run_stage_telemetry "
+        "WHERE run_id = %s AND stage = 'clean'",
+        run.run_id,
+    )[0]
     assert (telemetry["failed"], telemetry["ok"]) == (len(expected), 0)
     with connect(world.conninfo) as conn:
         shown = {r["id"]: r for r in repo.document_status_rows(conn, keys=sorted(expected))}
@@ -431,8 +434,10 @@ def test_a_failing_connection_lookup_fails_the_task_and_nothing_is_written_in_it
         assert "vault.example.org is sealed" in row["message"]
     assert not local_dir.exists() or not any(local_dir.rglob("*")), "nothing went to a local default"
     assert all(not list(world.blobs.list(c)) for c in world.containers.values()), "no blob anywhere"
-    assert world.rows("SELECT count(*) AS n FROM document WHERE downloaded IS NOT NULL OR validation IS NOT NULL"
-                      )[0]["n"] == 0
+    assert (
+        world.rows("SELECT count(*) AS n FROM document WHERE downloaded IS NOT NULL OR validation IS NOT NULL")[0]["n"]
+        == 0
+    )
     assert world.rows("SELECT count(*) AS n FROM validation")[0]["n"] == 0, "no report"
     assert not world.validator.requests and world.solr.update_requests == 0, "no validation, no Solr document"
     texts = [m.text for m in world.slack.messages]
@@ -593,8 +598,10 @@ def test_a_reset_request_from_another_service_is_honoured_once_not_on_every_run(
     world.rows("UPDATE document SET regenerate_validation_report = true RETURNING id")
     world.validator.fail_next(5, status=413, body={"error": "Max Filesize of 60 MiB exceeded"})
     run_stage("validate")
-    assert (world.stage("d-valid", "validate")["outcome"], world.stage("d-valid", "validate")["code"]) == \
-        ("skipped", "too_large")
+    assert (world.stage("d-valid", "validate")["outcome"], world.stage("d-valid", "validate")["code"]) == (
+        "skipped",
+        "too_large",
+    )
     assert planned("validate") == set()
     posts = len(world.validator.requests)
     for _ in range(2):
@@ -657,6 +664,6 @@ def test_a_source_file_lost_from_storage_is_downloaded_again_and_the_stage_resum
     assert world.doc("d-valid")["downloaded"] is None, "marked for download again"
     run_stage("download")
     assert planned(stage) == {"d-valid"}, "the stage resumes once the file is back"
-    for later in STAGES[STAGES.index(stage):]:
+    for later in STAGES[STAGES.index(stage) :]:
         run_stage(later)
     assert world.doc("d-valid")["solr_indexed_hash"] == world.doc("d-valid")["hash"]

@@ -192,8 +192,9 @@ def test_hostile_files_end_in_explained_states_without_reading_files_or_the_netw
     # nothing was fetched or read on a document's behalf
     assert watch.events() == 0, "the secret file was opened"
     assert [r.path for r in world.registry.requests if r.path.startswith("/canary")] == []
-    everything = json.dumps(world.rows("SELECT row_to_json(d)::text AS j FROM document d")) + \
-        json.dumps([d for c in ("activity", "transaction", "budget") for d in world.solr.docs(c)])
+    everything = json.dumps(world.rows("SELECT row_to_json(d)::text AS j FROM document d")) + json.dumps(
+        [d for c in ("activity", "transaction", "budget") for d in world.solr.docs(c)]
+    )
     assert SECRET_TEXT not in everything
 
     # memory: every worker stayed small, whatever it was fed
@@ -206,14 +207,16 @@ def test_hostile_files_end_in_explained_states_without_reading_files_or_the_netw
     # a second run has nothing to do: no hostile document loops
     run2, states2, _ = run_dag(dagbag, "iati_refresh")
     assert succeeded(run2), states2
-    done = world.rows("SELECT stage, sum(documents_in) AS n FROM run_stage_telemetry WHERE run_id = %s "
-                      "GROUP BY stage", run2.run_id)
+    done = world.rows(
+        "SELECT stage, sum(documents_in) AS n FROM run_stage_telemetry WHERE run_id = %s GROUP BY stage", run2.run_id
+    )
     assert {r["stage"]: int(r["n"]) for r in done if int(r["n"])} == {}
     assert {doc_id: end_state(world, doc_id) for doc_id in EXPECTED} == EXPECTED
 
 
 def check_details(world: World) -> None:
     """What the indexed hostile documents look like in Solr and the lake."""
+
     def solr(doc_id: str, collection: str = "activity") -> list[dict[str, Any]]:
         return world.solr.docs(collection, f'iati_activities_document_id:"{doc_id}"')
 
@@ -293,8 +296,12 @@ print(json.dumps(out))
 
 
 def start_stage(stage: str, workdir: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", STAGE_SCRIPT, stage, str(workdir), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", STAGE_SCRIPT, stage, str(workdir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish_stage(process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -322,8 +329,9 @@ def test_a_file_of_several_hundred_mb_is_processed_with_bounded_memory(tmp_path,
     work = tmp_path / "work"
     work.mkdir()
     try:
-        results = {"download": stage_in_fresh_process(
-            "download", work, f"http://127.0.0.1:{server.server_address[1]}/big.xml")}
+        results = {
+            "download": stage_in_fresh_process("download", work, f"http://127.0.0.1:{server.server_address[1]}/big.xml")
+        }
         assert results["download"]["ok"], results
     finally:
         server.shutdown()
@@ -338,9 +346,11 @@ def test_a_file_of_several_hundred_mb_is_processed_with_bounded_memory(tmp_path,
     assert results["download"]["ok"] and results["download"]["bytes"] == size >= BIG_MB * MIB
     assert results["validate"] == {**results["validate"], "status": 422, "activities": activities}
     invalid = activities // 50
-    assert (results["clean"]["mode"], results["clean"]["total"], results["clean"]["kept"]) == \
-        ("reduced", activities, activities - invalid)
+    assert (results["clean"]["mode"], results["clean"]["total"], results["clean"]["kept"]) == (
+        "reduced",
+        activities,
+        activities - invalid,
+    )
     assert results["flatten"]["activities"] == results["lakify"]["activities"] == activities - invalid
     for stage, result in results.items():
         assert result["peak_rss_mb"] < RSS_LIMIT_MB, f"{stage} peaked at {result['peak_rss_mb']:.0f} MB"
-

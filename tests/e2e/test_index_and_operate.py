@@ -54,11 +54,16 @@ class Env:
 
 @pytest.fixture
 def env(refresher_env, pg_dbname, monkeypatch):
-    with RegistryStandIn() as registry, SolrStandin(auth=("indexer", "s3cret-solr")) as solr, \
-            SlackWebhookServer() as slack:
+    with (
+        RegistryStandIn() as registry,
+        SolrStandin(auth=("indexer", "s3cret-solr")) as solr,
+        SlackWebhookServer() as slack,
+    ):
         monkeypatch.setenv("AIRFLOW_CONN_IATI_REGISTRY", registry.url)
-        monkeypatch.setenv("AIRFLOW_CONN_SOLR", json.dumps({
-            "conn_type": "http", "host": solr.base_url, "login": "indexer", "password": "s3cret-solr"}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_SOLR",
+            json.dumps({"conn_type": "http", "host": solr.base_url, "login": "indexer", "password": "s3cret-solr"}),
+        )
         monkeypatch.setenv("AIRFLOW_CONN_SLACK_ONCALL", slack.connection_json())
         yield Env(registry, solr, slack, services.conninfo(pg_dbname))
 
@@ -125,8 +130,11 @@ def test_index_reindex_remove_reconcile_and_reprocess(env: Env, run_dag, monkeyp
     assert {d["iati_activities_document_hash"] for d in env.solr_docs("activity", "d-es")} == {es_row["hash"]}
 
     # --- reconciliation removes orphans from Solr and storage --------------------------------
-    env.solr.cores["activity"]["ghost--0--0"] = {"id": "ghost--0--0", "iati_activities_document_id": "ghost",
-                                                  "iati_activities_document_hash": "0" * 40}
+    env.solr.cores["activity"]["ghost--0--0"] = {
+        "id": "ghost--0--0",
+        "iati_activities_document_id": "ghost",
+        "iati_activities_document_hash": "0" * 40,
+    }
     settings = get_settings()
     env.blobs.put_bytes(settings.source_container, "f" * 40 + ".xml", b"<orphan/>")
     run5, states5 = run_dag("iati_reconcile")
@@ -141,8 +149,9 @@ def test_index_reindex_remove_reconcile_and_reprocess(env: Env, run_dag, monkeyp
     assert str(dry.state).endswith("success"), dry_states
     assert dry_states["reset"].endswith("skipped") and dry_states["process"].endswith("skipped")
     assert env.doc("d-valid")["solrize_end"] == indexed_at
-    real, real_states = run_dag("iati_reprocess", {"datasets": ["org-c-valid"], "from_stage": "index",
-                                                   "dry_run": False})
+    real, real_states = run_dag(
+        "iati_reprocess", {"datasets": ["org-c-valid"], "from_stage": "index", "dry_run": False}
+    )
     assert str(real.state).endswith("success"), real_states
     assert env.doc("d-valid")["solrize_end"] > indexed_at
     assert len(env.solr_docs("activity", "d-valid")) == env.doc("d-valid")["activity_count"]

@@ -44,8 +44,10 @@ def test_the_sample_registry_ends_up_searchable_in_solr(refresher_env, run_dag, 
         for row in indexed:
             in_doc = field_query("iati_activities_document_id", row["id"])
             assert searchable.count("activity", in_doc) == row["solr_activity_count"]
-            assert {d["iati_activities_document_hash"] for d in searchable.iter_docs(
-                "activity", in_doc, fl="id,iati_activities_document_hash")} == {row["hash"]}
+            assert {
+                d["iati_activities_document_hash"]
+                for d in searchable.iter_docs("activity", in_doc, fl="id,iati_activities_document_hash")
+            } == {row["hash"]}
         assert searchable.count("transaction") > 0 and searchable.count("budget") > 0
         hits = searchable.select("activity", "iati_text:water", fl="iati_identifier,iati_xml")["response"]
         assert hits["numFound"] >= 1 and hits["docs"][0]["iati_xml"].startswith("<iati-activity")

@@ -10,14 +10,11 @@ import json
 import re
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 
-from iati_refresher.storage import AzureBlobStore
+from tests.e2e.world import World
 from tests.standins.registry_server import HTML_ERROR_PAGE, RegistryStandIn, bds_dataset, bds_org
 from tests.standins.validator_server import ValidatorStandin
-from tests.support import services
 
 pytestmark = pytest.mark.e2e
 
@@ -32,55 +29,41 @@ def big_activity_file(copies: int) -> bytes:
     body, tail = rest.rsplit("</iati-activities>", 1)
     activities = "<iati-activity " + body
     repeated = "".join(
-        re.sub(r"<iati-identifier>([^<]+)</iati-identifier>", rf"<iati-identifier>\1-copy{n}</iati-identifier>",
-               activities)
+        re.sub(
+            r"<iati-identifier>([^<]+)</iati-identifier>", rf"<iati-identifier>\1-copy{n}</iati-identifier>", activities
+        )
         for n in range(copies)
     )
     return (head + repeated + "</iati-activities>" + tail).encode("utf-8")
-
-
-class World:
-    """The registry, validator and storage a run sees, plus helpers to inspect the results."""
-
-    def __init__(self, registry: RegistryStandIn, validator: ValidatorStandin, azurite, conninfo: str):
-        self.registry = registry
-        self.validator = validator
-        self.blobs = AzureBlobStore(azurite.connection_string)
-        self.conninfo = conninfo
-        self.files: dict[str, tuple[str, str]] = {}
-
-    def publish(self, name: str, data: bytes) -> tuple[str, str]:
-        self.files[name] = self.registry.add_dataset_file(name, data)
-        return self.files[name]
-
-    def rows(self, sql: str, *args) -> list[dict]:
-        with psycopg.connect(self.conninfo, row_factory=dict_row) as conn:
-            return conn.execute(sql, args).fetchall()
-
-    def doc(self, doc_id: str) -> dict:
-        rows = self.rows("SELECT * FROM document WHERE id = %s", doc_id)
-        assert rows, f"no document {doc_id}"
-        return rows[0]
-
-    def stage(self, doc_id: str, stage: str) -> dict | None:
-        rows = self.rows("SELECT * FROM document_stage WHERE document_id = %s AND stage = %s", doc_id, stage)
-        return rows[0] if rows else None
 
 
 @pytest.fixture
 def world(refresher_env, azurite, pg_dbname, monkeypatch):
     with RegistryStandIn() as registry, ValidatorStandin(max_bytes=40_000) as validator:
         monkeypatch.setenv("AIRFLOW_CONN_IATI_REGISTRY", registry.url)
-        monkeypatch.setenv("AIRFLOW_CONN_IATI_VALIDATOR", json.dumps({
-            "conn_type": "http", "host": validator.url, "extra": {"key_name": validator.key_name, "key": validator.key},
-        }))
-        monkeypatch.setenv("AIRFLOW_CONN_REFRESHER_BLOB", json.dumps({
-            "conn_type": "wasb", "extra": {"connection_string": azurite.connection_string},
-        }))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_IATI_VALIDATOR",
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": validator.url,
+                    "extra": {"key_name": validator.key_name, "key": validator.key},
+                }
+            ),
+        )
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_REFRESHER_BLOB",
+            json.dumps(
+                {
+                    "conn_type": "wasb",
+                    "extra": {"connection_string": azurite.connection_string},
+                }
+            ),
+        )
         monkeypatch.setenv("REFRESHER_SAFETY_CHECK_PERIOD_S", "0")
         for c in ("source", "clean", "lake", "flat"):
             monkeypatch.setenv(f"REFRESHER_{c.upper()}_CONTAINER", f"{c}-{pg_dbname[-8:]}")
-        yield World(registry, validator, azurite, services.conninfo(pg_dbname))
+        yield World(pg_dbname[-8:], pg_dbname, registry, validator, None, None, azurite)
 
 
 def container(world: World, name: str) -> str:
@@ -90,11 +73,13 @@ def container(world: World, name: str) -> str:
 
 
 def test_first_load_then_changes_then_a_broken_index(world: World, run_dag) -> None:
-    valid_url, valid_hash = world.publish("valid.xml", (SAMPLE / "meadowlark-activities.xml").read_bytes())
-    mixed_url, mixed_hash = world.publish("mixed.xml", (SAMPLE / "meadowlark-mixed.xml").read_bytes())
-    html_url, html_hash = world.publish("html.xml", HTML_ERROR_PAGE)
-    big_url, big_hash = world.publish("big.xml", big_activity_file(12))
-    cp1252_url, cp1252_hash = world.publish("cp1252.xml", (SAMPLE / "riverbend-sanitation-cp1252.xml").read_bytes())
+    valid_url, valid_hash = world.publish_file("valid.xml", (SAMPLE / "meadowlark-activities.xml").read_bytes())
+    mixed_url, mixed_hash = world.publish_file("mixed.xml", (SAMPLE / "meadowlark-mixed.xml").read_bytes())
+    html_url, html_hash = world.publish_file("html.xml", HTML_ERROR_PAGE)
+    big_url, big_hash = world.publish_file("big.xml", big_activity_file(12))
+    cp1252_url, cp1252_hash = world.publish_file(
+        "cp1252.xml", (SAMPLE / "riverbend-sanitation-cp1252.xml").read_bytes()
+    )
     publishers = [bds_org(ORG_A, "org-a"), bds_org(ORG_B, "org-b")]
     datasets = [
         bds_dataset("d-valid", "org-a-valid", ORG_A, cached_url=valid_url, hash_=valid_hash),
@@ -113,8 +98,10 @@ def test_first_load_then_changes_then_a_broken_index(world: World, run_dag) -> N
     # --- download: the reference's error codes; files stored byte for byte --------------------
     assert world.doc("d-404")["download_error"] == 404 and world.doc("d-404")["downloaded"] is None
     assert world.doc("d-nocopy")["download_error"] == 4
-    assert world.blobs.get_bytes(container(world, "source"), f"{valid_hash}.xml") == \
-        (SAMPLE / "meadowlark-activities.xml").read_bytes()
+    assert (
+        world.blobs.get_bytes(container(world, "source"), f"{valid_hash}.xml")
+        == (SAMPLE / "meadowlark-activities.xml").read_bytes()
+    )
 
     # --- validation: a valid, a partly invalid, a non-IATI and an oversize file -------------
     valid = world.doc("d-valid")
@@ -155,16 +142,20 @@ def test_first_load_then_changes_then_a_broken_index(world: World, run_dag) -> N
     assert "Ã" not in flat
 
     # --- telemetry and change log ---------------------------------------------------------------
-    telemetry = world.rows("SELECT stage, sum(documents_in) AS n FROM run_stage_telemetry WHERE run_id = %s "
-                           "GROUP BY stage", dag_run.run_id)
+    telemetry = world.rows(
+        "SELECT stage, sum(documents_in) AS n FROM run_stage_telemetry WHERE run_id = %s GROUP BY stage", dag_run.run_id
+    )
     assert {r["stage"]: r["n"] for r in telemetry}["download"] == 7
-    added = world.rows("SELECT document_id FROM registry_change WHERE run_id = %s AND change = 'added'",
-                       dag_run.run_id)
+    added = world.rows("SELECT document_id FROM registry_change WHERE run_id = %s AND change = 'added'", dag_run.run_id)
     assert len(added) == 7
 
     # --- second run: one dataset changed, one removed, a publisher renamed ---------------------
-    new_url, new_hash = world.publish("valid-v2.xml", (SAMPLE / "meadowlark-activities.xml").read_bytes()
-                                      .replace(b"</iati-activities>", b"<!-- v2 --></iati-activities>"))
+    new_url, new_hash = world.publish_file(
+        "valid-v2.xml",
+        (SAMPLE / "meadowlark-activities.xml")
+        .read_bytes()
+        .replace(b"</iati-activities>", b"<!-- v2 --></iati-activities>"),
+    )
     publishers[1] = bds_org(ORG_B, "org-b-renamed")
     datasets[0] = bds_dataset("d-valid", "org-a-valid", ORG_A, cached_url=new_url, hash_=new_hash)
     del datasets[2]  # d-html leaves the registry
@@ -172,8 +163,10 @@ def test_first_load_then_changes_then_a_broken_index(world: World, run_dag) -> N
 
     dag_run2, states2 = run_dag("iati_refresh")
     assert str(dag_run2.state).endswith("success"), states2
-    changes = {(r["document_id"], r["change"]) for r in world.rows(
-        "SELECT document_id, change FROM registry_change WHERE run_id = %s", dag_run2.run_id)}
+    changes = {
+        (r["document_id"], r["change"])
+        for r in world.rows("SELECT document_id, change FROM registry_change WHERE run_id = %s", dag_run2.run_id)
+    }
     assert changes == {("d-valid", "updated"), ("d-html", "removed")}
     v2 = world.doc("d-valid")
     assert v2["hash"] == new_hash and v2["downloaded"] is not None and v2["lakify_end"] is not None

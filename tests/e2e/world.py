@@ -65,10 +65,22 @@ FAST_SETTINGS = {
 
 
 class World:
-    """The services of one pipeline under test, and ways to look at what it did."""
+    """The services of one pipeline under test, and ways to look at what it did.
 
-    def __init__(self, tag: str, dbname: str, registry: RegistryStandIn, validator: ValidatorStandin,
-                 solr: SolrStandin, slack: SlackWebhookServer, azurite: services.Azurite):
+    The reliability suites open a complete world (:func:`open_world`); a suite that sets its
+    own environment may leave out Solr and Slack.
+    """
+
+    def __init__(
+        self,
+        tag: str,
+        dbname: str,
+        registry: RegistryStandIn,
+        validator: ValidatorStandin,
+        solr: SolrStandin | None,
+        slack: SlackWebhookServer | None,
+        azurite: services.Azurite,
+    ):
         self.tag = tag
         self.dbname = dbname
         self.conninfo = services.conninfo(dbname)
@@ -77,6 +89,7 @@ class World:
         self.containers = {role: f"{role}-{tag}" for role in ROLES}
         self.datasets: dict[str, dict[str, Any]] = {}
         self.publishers = [bds_org(ORG_A, "org-a"), bds_org(ORG_B, "org-b")]
+        self.files: dict[str, tuple[str, str]] = {}
 
     # --- the environment a deployment would set ----------------------------------------------
 
@@ -85,14 +98,20 @@ class World:
             **FAST_SETTINGS,
             "AIRFLOW_CONN_REFRESHER_DB": db_uri_with_password(self.dbname),
             "AIRFLOW_CONN_IATI_REGISTRY": self.registry.url,
-            "AIRFLOW_CONN_IATI_VALIDATOR": json.dumps({
-                "conn_type": "iati_validator", "host": self.validator.url,
-                "extra": {"key_name": self.validator.key_name, "key": VALIDATOR_KEY}}),
-            "AIRFLOW_CONN_SOLR": json.dumps({"conn_type": "iati_solr", "host": self.solr.base_url,
-                                             "login": SOLR_USER, "password": SOLR_PASSWORD}),
+            "AIRFLOW_CONN_IATI_VALIDATOR": json.dumps(
+                {
+                    "conn_type": "iati_validator",
+                    "host": self.validator.url,
+                    "extra": {"key_name": self.validator.key_name, "key": VALIDATOR_KEY},
+                }
+            ),
+            "AIRFLOW_CONN_SOLR": json.dumps(
+                {"conn_type": "iati_solr", "host": self.solr.base_url, "login": SOLR_USER, "password": SOLR_PASSWORD}
+            ),
             "AIRFLOW_CONN_SLACK_ONCALL": self.slack.connection_json(SLACK_TOKEN),
-            "AIRFLOW_CONN_REFRESHER_BLOB": json.dumps({
-                "conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}),
+            "AIRFLOW_CONN_REFRESHER_BLOB": json.dumps(
+                {"conn_type": "wasb", "extra": {"connection_string": self.azurite.connection_string}}
+            ),
         }
         env.update({f"REFRESHER_{role.upper()}_CONTAINER": name for role, name in self.containers.items()})
         return env
@@ -105,6 +124,11 @@ class World:
         if route:
             url = url.replace(self.registry.url, self.registry.url + route, 1)
         self.datasets[doc_id] = bds_dataset(doc_id, name, org, cached_url=url, hash_=hash_)
+
+    def publish_file(self, name: str, data: bytes) -> tuple[str, str]:
+        """Serve ``data`` as ``name`` (not listed: the test builds the index); (url, hash)."""
+        self.files[name] = self.registry.add_dataset_file(name, data)
+        return self.files[name]
 
     def serve(self, stamp: int = 1_800_000_000, only: list[str] | None = None) -> None:
         listed = [d for k, d in self.datasets.items() if only is None or k in only]
@@ -120,9 +144,13 @@ class World:
         self.publish("d-cp1252", "org-b-cp1252", ORG_B, (SAMPLE / "riverbend-sanitation-cp1252.xml").read_bytes())
         self.publish("d-es", "org-b-es", ORG_B, (SAMPLE / "condor-verde-actividades.xml").read_bytes())
         self.publish("d-org", "org-b-org", ORG_B, (SAMPLE / "condor-verde-organisation.xml").read_bytes())
-        self.publish("d-stall", "org-a-stall", ORG_A,
-                     hostile.utf8(hostile.activity("XX-HOSTILE-STALL-1"), hostile.activity("XX-HOSTILE-STALL-2")),
-                     route="/stall")
+        self.publish(
+            "d-stall",
+            "org-a-stall",
+            ORG_A,
+            hostile.utf8(hostile.activity("XX-HOSTILE-STALL-1"), hostile.activity("XX-HOSTILE-STALL-2")),
+            route="/stall",
+        )
         self.serve()
 
     # --- looking at the results -----------------------------------------------------------------
@@ -191,8 +219,12 @@ def db_uri_with_password(dbname: str) -> str:
 @contextlib.contextmanager
 def open_world(tag: str, dbname: str, azurite: services.Azurite, mp: pytest.MonkeyPatch) -> Iterator[World]:
     """Start the stand-ins, set the environment (through ``mp``) and create the containers."""
-    with RegistryStandIn() as registry, ValidatorStandin(key=VALIDATOR_KEY) as validator, \
-            SolrStandin(auth=(SOLR_USER, SOLR_PASSWORD)) as solr, SlackWebhookServer() as slack:
+    with (
+        RegistryStandIn() as registry,
+        ValidatorStandin(key=VALIDATOR_KEY) as validator,
+        SolrStandin(auth=(SOLR_USER, SOLR_PASSWORD)) as solr,
+        SlackWebhookServer() as slack,
+    ):
         world = World(tag, dbname, registry, validator, solr, slack, azurite)
         for key, value in world.environment().items():
             mp.setenv(key, value)
@@ -239,18 +271,23 @@ def quick_dag_test(dag: Any) -> Iterator[None]:
             dag.task_dict[task_id].max_retry_delay = max_delay
 
 
-def run_dag(dagbag: Any, dag_id: str, conf: dict[str, Any] | None = None) -> tuple[Any, dict[str, str], dict[str, int]]:
-    """Run ``dag_id`` once; returns (dag run, {task[map]: state}, {task[map]: try number})."""
+def run_dag(
+    dagbag: Any, dag_id: str, conf: dict[str, Any] | None = None, *, quick: bool = True
+) -> tuple[Any, dict[str, str], dict[str, int]]:
+    """Run ``dag_id`` once through ``dag.test()``; returns (dag run, {task[map]: state},
+    {task[map]: try number}).  ``quick``: without its idle seconds (:func:`quick_dag_test`)."""
     from airflow.models import TaskInstance
     from airflow.utils.session import create_session
 
     dag = dagbag.dags[dag_id]
-    with quick_dag_test(dag):
+    with quick_dag_test(dag) if quick else contextlib.nullcontext():
         dag_run = dag.test(run_conf=conf) if conf is not None else dag.test()
     with create_session() as session:
-        tis = session.query(TaskInstance).filter(
-            TaskInstance.dag_id == dag_id, TaskInstance.run_id == dag_run.run_id
-        ).all()
+        tis = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == dag_run.run_id)
+            .all()
+        )
         names = {ti: ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]" for ti in tis}
         states = {names[ti]: str(ti.state) for ti in tis}
         tries = {names[ti]: int(ti.try_number) for ti in tis}
@@ -284,7 +321,9 @@ def reference_digest(pg_template: str, azurite: services.Azurite, dagbag: Any) -
             assert succeeded(run), states
             with connect(world.conninfo) as conn:
                 assert set(repo.stage_backlogs(conn, safety_period_s=0).values()) == {0}, "one run does it all"
-                assert not conn.execute("SELECT 1 FROM document_stage WHERE outcome IN ('failed', 'gave_up')").fetchall()
+                assert not conn.execute(
+                    "SELECT 1 FROM document_stage WHERE outcome IN ('failed', 'gave_up')"
+                ).fetchall()
             for doc_id in INDEXED:
                 assert world.doc(doc_id)["solr_indexed_hash"] == world.doc(doc_id)["hash"], doc_id
             assert world.stage("d-org", "clean")["code"] == "organisation_file"

@@ -20,26 +20,31 @@ def forms(azurite: services.Azurite) -> dict[str, ConnectionInfo]:
     from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
     url = f"http://127.0.0.1:{azurite.blob_port}/{services.AZURITE_ACCOUNT}"
-    sas = generate_account_sas(services.AZURITE_ACCOUNT, services.AZURITE_KEY,
-                               resource_types=ResourceTypes(service=True, container=True, object=True),
-                               permission=AccountSasPermissions(read=True, write=True, delete=True, list=True,
-                                                                create=True, add=True),
-                               expiry=datetime.now(UTC) + timedelta(hours=1))
+    sas = generate_account_sas(
+        services.AZURITE_ACCOUNT,
+        services.AZURITE_KEY,
+        resource_types=ResourceTypes(service=True, container=True, object=True),
+        permission=AccountSasPermissions(read=True, write=True, delete=True, list=True, create=True, add=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
     return {
-        "connection string": ConnectionInfo("refresher_blob", "wasb",
-                                            extra={"connection_string": azurite.connection_string}),
-        "account key (login/password/host)": ConnectionInfo("refresher_blob", "wasb", host=url,
-                                                            login=services.AZURITE_ACCOUNT,
-                                                            password=services.AZURITE_KEY),
-        "shared access key extra": ConnectionInfo("refresher_blob", "wasb", host=url,
-                                                  extra={"extra__wasb__shared_access_key": services.AZURITE_KEY}),
+        "connection string": ConnectionInfo(
+            "refresher_blob", "wasb", extra={"connection_string": azurite.connection_string}
+        ),
+        "account key (login/password/host)": ConnectionInfo(
+            "refresher_blob", "wasb", host=url, login=services.AZURITE_ACCOUNT, password=services.AZURITE_KEY
+        ),
+        "shared access key extra": ConnectionInfo(
+            "refresher_blob", "wasb", host=url, extra={"extra__wasb__shared_access_key": services.AZURITE_KEY}
+        ),
         "SAS token": ConnectionInfo("refresher_blob", "wasb", host=url, extra={"sas_token": sas}),
     }
 
 
 @pytest.mark.parametrize("light", [False, True], ids=["WasbHook", "worker process"])
-@pytest.mark.parametrize("form", ["connection string", "account key (login/password/host)",
-                                  "shared access key extra", "SAS token"])
+@pytest.mark.parametrize(
+    "form", ["connection string", "account key (login/password/host)", "shared access key extra", "SAS token"]
+)
 def test_every_credential_form_reaches_azurite(azurite, monkeypatch, form: str, light: bool) -> None:
     monkeypatch.setattr(storage, "LIGHT_CLIENTS", [light])
     config = BlobStoreConfig(backend="azure", connection=forms(azurite)[form], retry_total=0)
@@ -49,12 +54,23 @@ def test_every_credential_form_reaches_azurite(azurite, monkeypatch, form: str, 
 
 def test_the_worker_path_takes_the_decisions_wasbhook_takes(azurite, monkeypatch) -> None:
     """Same account URL, same credential kind, same client options, for every form."""
-    for form, info in {**forms(azurite), "managed identity (DefaultAzureCredential)": ConnectionInfo(
-            "refresher_blob", "wasb", host="https://acct.blob.core.windows.net",
-            extra={"managed_identity_client_id": "00000000-0000-0000-0000-000000000001"}),
-            "service principal": ConnectionInfo("refresher_blob", "wasb", host="https://acct.blob.core.windows.net",
-                                                login="app-id", password="app-secret",
-                                                extra={"tenant_id": "tenant"})}.items():
+    for form, info in {
+        **forms(azurite),
+        "managed identity (DefaultAzureCredential)": ConnectionInfo(
+            "refresher_blob",
+            "wasb",
+            host="https://acct.blob.core.windows.net",
+            extra={"managed_identity_client_id": "00000000-0000-0000-0000-000000000001"},
+        ),
+        "service principal": ConnectionInfo(
+            "refresher_blob",
+            "wasb",
+            host="https://acct.blob.core.windows.net",
+            login="app-id",
+            password="app-secret",
+            extra={"tenant_id": "tenant"},
+        ),
+    }.items():
         config = BlobStoreConfig(backend="azure", connection=info, retry_total=1, retry_backoff_s=1)
         clients = {}
         for light in (False, True):
@@ -65,7 +81,8 @@ def test_the_worker_path_takes_the_decisions_wasbhook_takes(azurite, monkeypatch
         assert type(light_client.credential).__name__ == type(hook_client.credential).__name__, form
         for attribute in ("account_name", "account_key", "signature"):
             assert getattr(light_client.credential, attribute, None) == getattr(
-                hook_client.credential, attribute, None), (form, attribute)
+                hook_client.credential, attribute, None
+            ), (form, attribute)
         assert light_client._config.retry_policy.total_retries == hook_client._config.retry_policy.total_retries == 1
 
 

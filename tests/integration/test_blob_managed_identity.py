@@ -40,8 +40,16 @@ def oauth_azurite(tls):
 @pytest.fixture
 def entra(tls, monkeypatch):
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls[0]))  # trust the loopback certificate
-    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_AUTHORITY_HOST",
-                 "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE", "IDENTITY_ENDPOINT", "MSI_ENDPOINT"):
+    for name in (
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_TENANT_ID",
+        "AZURE_AUTHORITY_HOST",
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "IDENTITY_ENDPOINT",
+        "MSI_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
     with EntraStandin(*tls, client_id=CLIENT_ID, client_secret=CLIENT_SECRET) as standin:
         yield standin
@@ -57,7 +65,8 @@ def use_environment_credential(monkeypatch, entra: EntraStandin, secret: str = C
 
 @pytest.mark.parametrize("light", [False, True], ids=["WasbHook", "worker process"])
 def test_a_connection_without_a_secret_authenticates_through_default_azure_credential(
-        oauth_azurite, entra, monkeypatch, light: bool) -> None:
+    oauth_azurite, entra, monkeypatch, light: bool
+) -> None:
     monkeypatch.setattr(storage, "LIGHT_CLIENTS", [light])
     use_environment_credential(monkeypatch, entra)
     conn = ConnectionInfo("refresher_blob", "wasb", host=oauth_azurite.account_url)
@@ -68,12 +77,18 @@ def test_a_connection_without_a_secret_authenticates_through_default_azure_crede
 
 
 @pytest.mark.parametrize("light", [False, True], ids=["WasbHook", "worker process"])
-def test_a_service_principal_connection_authenticates_with_its_own_secret(oauth_azurite, entra, monkeypatch,
-                                                                          light: bool) -> None:
+def test_a_service_principal_connection_authenticates_with_its_own_secret(
+    oauth_azurite, entra, monkeypatch, light: bool
+) -> None:
     monkeypatch.setattr(storage, "LIGHT_CLIENTS", [light])
-    conn = ConnectionInfo("refresher_blob", "wasb", host=oauth_azurite.account_url, login=CLIENT_ID,
-                          password=CLIENT_SECRET,
-                          extra={"tenant_id": "adfs", "client_secret_auth_config": {"authority": entra.authority_host}})
+    conn = ConnectionInfo(
+        "refresher_blob",
+        "wasb",
+        host=oauth_azurite.account_url,
+        login=CLIENT_ID,
+        password=CLIENT_SECRET,
+        extra={"tenant_id": "adfs", "client_secret_auth_config": {"authority": entra.authority_host}},
+    )
     round_trip(BlobStoreConfig(backend="azure", connection=conn, retry_total=0), prefix="mi")
     assert entra.token_requests and entra.token_requests[0]["client_id"] == CLIENT_ID
 
@@ -81,11 +96,23 @@ def test_a_service_principal_connection_authenticates_with_its_own_secret(oauth_
 def test_a_refused_identity_fails_the_storage_call_and_writes_nothing(oauth_azurite, entra, monkeypatch) -> None:
     monkeypatch.setattr(storage, "LIGHT_CLIENTS", [False])
     container = f"mi-{uuid.uuid4().hex[:10]}"
-    key_store = open_blob_store(BlobStoreConfig(backend="azure", retry_total=0, connection=ConnectionInfo(
-        "refresher_blob", "wasb", extra={"connection_string": oauth_azurite.connection_string})))
+    key_store = open_blob_store(
+        BlobStoreConfig(
+            backend="azure",
+            retry_total=0,
+            connection=ConnectionInfo(
+                "refresher_blob", "wasb", extra={"connection_string": oauth_azurite.connection_string}
+            ),
+        )
+    )
     use_environment_credential(monkeypatch, entra, secret="not-the-secret")
-    store = open_blob_store(BlobStoreConfig(backend="azure", retry_total=0, connection=ConnectionInfo(
-        "refresher_blob", "wasb", host=oauth_azurite.account_url)))
+    store = open_blob_store(
+        BlobStoreConfig(
+            backend="azure",
+            retry_total=0,
+            connection=ConnectionInfo("refresher_blob", "wasb", host=oauth_azurite.account_url),
+        )
+    )
     try:
         key_store.ensure_containers([container])
         with pytest.raises(BlobStorageError, match=r"invalid client secret|ClientAuthenticationError"):
@@ -101,7 +128,9 @@ def test_azurite_refuses_a_token_for_another_audience(oauth_azurite, entra, tls)
     """The OAuth mode really checks: the stand-in's token for Key Vault is no storage token."""
     with httpx.Client(verify=str(tls[0])) as client:
         for resource, expected in (("https://vault.azure.net", 403), ("https://storage.azure.com", 200)):
-            response = client.get(f"{oauth_azurite.account_url}?comp=list", headers={
-                "Authorization": f"Bearer {entra.access_token(resource)}", "x-ms-version": "2021-12-02"})
+            response = client.get(
+                f"{oauth_azurite.account_url}?comp=list",
+                headers={"Authorization": f"Bearer {entra.access_token(resource)}", "x-ms-version": "2021-12-02"},
+            )
             assert response.status_code == expected, (resource, response.text[:300])
             assert expected == 200 or "AuthenticationFailed" in response.text

@@ -21,11 +21,22 @@ from iati_refresher.connections import parse_connection
 
 PROJECT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = PROJECT / "docker" / ".env.example"
-AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                    "airflow-worker", "airflow-init")
+AIRFLOW_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "airflow-init",
+)
 OTHER_SERVICES = ("postgres", "refresher-db", "redis", "azurite", "solr", "solr-init")
-LONG_RUNNING = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                "airflow-worker")
+LONG_RUNNING = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
 
 
 def _docker_compose() -> str:
@@ -34,12 +45,15 @@ def _docker_compose() -> str:
         return found
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
-        pytest.skip("docker-compose is not installed and apt-get is unavailable (or not root) to install it: "
-                    "install Debian's docker-compose package to run this test")
+        pytest.skip(
+            "docker-compose is not installed and apt-get is unavailable (or not root) to install it: "
+            "install Debian's docker-compose package to run this test"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run([apt, "-qq", "update"], check=True, env=env, capture_output=True, timeout=300)
-    subprocess.run([apt, "-qq", "install", "-y", "docker-compose"], check=True, env=env, capture_output=True,
-                   timeout=600)
+    subprocess.run(
+        [apt, "-qq", "install", "-y", "docker-compose"], check=True, env=env, capture_output=True, timeout=600
+    )
     found = shutil.which("docker-compose")
     assert found, "apt-get installed docker-compose but it is not on PATH"
     return found
@@ -53,9 +67,21 @@ def _clean_env() -> dict[str, str]:
 
 def render(env_file: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_docker_compose(), "--project-directory", str(PROJECT), "-f", str(PROJECT / "docker-compose.yaml"),
-         "--env-file", str(env_file), "config"],
-        capture_output=True, text=True, env=_clean_env(), cwd=PROJECT, timeout=120,
+        [
+            _docker_compose(),
+            "--project-directory",
+            str(PROJECT),
+            "-f",
+            str(PROJECT / "docker-compose.yaml"),
+            "--env-file",
+            str(env_file),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        cwd=PROJECT,
+        timeout=120,
     )
 
 
@@ -141,8 +167,11 @@ def test_connections_point_at_the_stack(config):
 
 def test_the_validator_url_is_configurable(tmp_path):
     env_file = tmp_path / ".env"
-    env_file.write_text(ENV_EXAMPLE.read_text().replace(
-        "IATI_VALIDATOR_URL=\n", "IATI_VALIDATOR_URL=https://:k3y@validator.example.org/api\n"))
+    env_file.write_text(
+        ENV_EXAMPLE.read_text().replace(
+            "IATI_VALIDATOR_URL=\n", "IATI_VALIDATOR_URL=https://:k3y@validator.example.org/api\n"
+        )
+    )
     result = render(env_file)
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
@@ -153,8 +182,10 @@ def test_the_validator_url_is_configurable(tmp_path):
 
 def test_secrets_are_required(tmp_path):
     env_file = tmp_path / ".env"
-    env_file.write_text("\n".join(line for line in ENV_EXAMPLE.read_text().splitlines()
-                                  if not line.startswith("AIRFLOW_JWT_SECRET=")) + "\n")
+    env_file.write_text(
+        "\n".join(line for line in ENV_EXAMPLE.read_text().splitlines() if not line.startswith("AIRFLOW_JWT_SECRET="))
+        + "\n"
+    )
     result = render(env_file)
     assert result.returncode != 0
     assert "AIRFLOW_JWT_SECRET" in result.stderr
@@ -200,8 +231,12 @@ def test_images_and_volumes(config):
                 assert volume["source"] in declared, f"{name}: undeclared volume {volume['source']}"
             else:
                 assert Path(volume["source"]).exists(), f"{name}: {volume['source']} does not exist"
-    for name, data_dir in (("postgres", "/var/lib/postgresql/data"), ("refresher-db", "/var/lib/postgresql/data"),
-                           ("solr", "/var/solr"), ("azurite", "/data")):
+    for name, data_dir in (
+        ("postgres", "/var/lib/postgresql/data"),
+        ("refresher-db", "/var/lib/postgresql/data"),
+        ("solr", "/var/solr"),
+        ("azurite", "/data"),
+    ):
         assert any(v["type"] == "volume" and v["target"] == data_dir for v in _volumes(services[name])), name
     for name in AIRFLOW_SERVICES:
         binds = {v["target"]: v for v in _volumes(services[name]) if v["type"] == "bind"}
@@ -217,8 +252,10 @@ def test_airflow_services_are_healthy_and_ordered(config):
         assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert _command(services["airflow-apiserver"]) == ["api-server"]
     assert _command(services["airflow-worker"]) == ["celery", "worker"]
-    published = [p if isinstance(p, str) else f"{p.get('published')}:{p.get('target')}"
-                 for p in services["airflow-apiserver"]["ports"]]
+    published = [
+        p if isinstance(p, str) else f"{p.get('published')}:{p.get('target')}"
+        for p in services["airflow-apiserver"]["ports"]
+    ]
     assert [p.rsplit(":", 1)[-1].removesuffix("/tcp") for p in published] == ["8080"]
     for name in ("postgres", "refresher-db", "redis"):
         assert services["airflow-init"]["depends_on"][name]["condition"] == "service_healthy"
@@ -240,10 +277,14 @@ def test_init_service_runs_the_init_script():
 def test_the_admin_password_file_is_valid_json(tmp_path):
     """Run the init script's password step alone (the other steps need the stack)."""
     script = (PROJECT / "docker" / "airflow-init.sh").read_text()
-    block = script[script.index("python - \"$passwords_file\""):script.index("PY\n", script.index("<<'PY'") + 6) + 3]
+    block = script[script.index('python - "$passwords_file"') : script.index("PY\n", script.index("<<'PY'") + 6) + 3]
     target = tmp_path / "auth" / "passwords.json"
-    env = {"PATH": os.environ["PATH"], "AIRFLOW_ADMIN_USER": "admin", "AIRFLOW_ADMIN_PASSWORD": 'p"w\\d',
-           "passwords_file": str(target)}
+    env = {
+        "PATH": os.environ["PATH"],
+        "AIRFLOW_ADMIN_USER": "admin",
+        "AIRFLOW_ADMIN_PASSWORD": 'p"w\\d',
+        "passwords_file": str(target),
+    }
     subprocess.run(["bash", "-c", f'mkdir -p "$(dirname "$passwords_file")"\n{block}'], check=True, env=env)
     assert json.loads(target.read_text()) == {"admin": 'p"w\\d'}
     assert oct(target.stat().st_mode & 0o777) == "0o600"

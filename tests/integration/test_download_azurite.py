@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from iati_refresher.registry.base import build_source
+from iati_refresher.registry.sources import build_source
 from iati_refresher.sample.server import SampleRegistryServer
 from iati_refresher.settings import Settings
 from iati_refresher.stages.download import download_document
@@ -33,8 +33,9 @@ def sample() -> Iterator[SampleRegistryServer]:
         yield server
 
 
-def test_sample_registry_downloads_into_azure(sample: SampleRegistryServer, store: AzureBlobStore,
-                                              settings: Settings) -> None:
+def test_sample_registry_downloads_into_azure(
+    sample: SampleRegistryServer, store: AzureBlobStore, settings: Settings
+) -> None:
     snapshot = build_source(settings, sample.url).fetch(None)
     assert snapshot is not None
     outcomes = {d["name"]: download_document(d, store, settings) for d in snapshot.datasets}
@@ -50,17 +51,24 @@ def test_sample_registry_downloads_into_azure(sample: SampleRegistryServer, stor
     assert downloaded["condor-verde-actividades"].data["encoding"] == "utf-8"
 
 
-def test_conditional_refetch_keeps_the_azure_blob(sample: SampleRegistryServer, store: AzureBlobStore,
-                                                  settings: Settings) -> None:
+def test_conditional_refetch_keeps_the_azure_blob(
+    sample: SampleRegistryServer, store: AzureBlobStore, settings: Settings
+) -> None:
     snapshot = build_source(settings, sample.url).fetch(None)
     doc = next(d for d in snapshot.datasets if d["name"] == "meadowlark-activities")
     first = download_document(doc, store, settings)
     name = f"{doc['hash']}.xml"
     sample.clear_log()
     again = download_document(
-        {**doc, "source_etag": first.data["etag"], "source_last_modified": first.data["last_modified"],
-         "source_bytes": first.data["bytes"], "source_encoding": first.data["encoding"]},
-        store, settings,
+        {
+            **doc,
+            "source_etag": first.data["etag"],
+            "source_last_modified": first.data["last_modified"],
+            "source_bytes": first.data["bytes"],
+            "source_encoding": first.data["encoding"],
+        },
+        store,
+        settings,
     )
     assert again.status == "ok"
     assert again.data["not_modified"] is True
@@ -73,4 +81,3 @@ def test_conditional_refetch_keeps_the_azure_blob(sample: SampleRegistryServer, 
     third = download_document({**doc, "source_etag": first.data["etag"]}, store, settings)
     assert third.data["not_modified"] is False
     assert store.exists(settings.source_container, name)
-

@@ -40,8 +40,14 @@ V1 = flat("dataset-v1.jsonl")
 V2 = flat("dataset-v2.jsonl")
 
 
-def publish(blobs: LocalBlobStore, document_id: str, hash_: str, activities: list[dict[str, Any]],
-            *, without_lake: tuple[str, ...] = ()) -> dict[str, Any]:
+def publish(
+    blobs: LocalBlobStore,
+    document_id: str,
+    hash_: str,
+    activities: list[dict[str, Any]],
+    *,
+    without_lake: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Write what flatten and lakify would have written; return the document row."""
     lines = "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in activities)
     blobs.put_bytes(SETTINGS.flat_container, f"{document_id}/{hash_}.jsonl", lines.encode("utf-8"))
@@ -54,8 +60,10 @@ def publish(blobs: LocalBlobStore, document_id: str, hash_: str, activities: lis
         seen[identifier] = n + 1
         if identifier in without_lake:
             continue
-        xml = (f"<iati-activity><iati-identifier>{escape(identifier)}</iati-identifier>"
-               f"<!-- {hash_} #{n} --></iati-activity>\n")
+        xml = (
+            f"<iati-activity><iati-identifier>{escape(identifier)}</iati-identifier>"
+            f"<!-- {hash_} #{n} --></iati-activity>\n"
+        )
         lake_json = json.dumps({"iati-activity": [{"iati-identifier": [{"text()": identifier}], "n": n}]})
         blobs.put_bytes(SETTINGS.lake_container, lake_name(document_id, identifier, n, "xml"), xml.encode())
         blobs.put_bytes(SETTINGS.lake_container, lake_name(document_id, identifier, n, "json"), lake_json.encode())
@@ -102,8 +110,7 @@ def test_first_index(blobs, standin, solr):
     standin.on_update = events.append
     outcome = index_document(publish(blobs, DOC, "h1", V1), blobs, solr, SETTINGS)
     assert outcome.status == "ok", outcome
-    assert outcome.data == {"activities": 3, "transactions": 3, "budgets": 3, "skipped_no_identifier": 1,
-                            "removed": 0}
+    assert outcome.data == {"activities": 3, "transactions": 3, "budgets": 3, "skipped_no_identifier": 1, "removed": 0}
     state = snapshot(standin)
     assert set(state["activity"]) == {solr_activity_id(DOC, f"XM-EXAMPLE-1-A{i}", 0) for i in (1, 2, 3)}
     a1 = state["activity"][solr_activity_id(DOC, "XM-EXAMPLE-1-A1", 0)]
@@ -152,12 +159,14 @@ def test_a_republished_dataset_stays_searchable_during_its_reindex(blobs, standi
     probe = client_for(standin)
 
     def look(event: UpdateEvent) -> None:
-        observed.append((
-            probe.count("activity", IN_DOC),
-            probe.count("transaction", IN_DOC),
-            probe.count("budget", IN_DOC),
-            set(probe.iter_ids("activity", IN_DOC)),
-        ))
+        observed.append(
+            (
+                probe.count("activity", IN_DOC),
+                probe.count("transaction", IN_DOC),
+                probe.count("budget", IN_DOC),
+                set(probe.iter_ids("activity", IN_DOC)),
+            )
+        )
 
     standin.on_update = look
     outcome = index_document(publish(blobs, DOC, "h2", V2), blobs, solr, SETTINGS)
@@ -173,13 +182,15 @@ def test_a_republished_dataset_stays_searchable_during_its_reindex(blobs, standi
         assert both <= activity_ids
     final = snapshot(standin)
     assert set(final["activity"]) == both | {
-        solr_activity_id(DOC, "XM-EXAMPLE-1-A4", 0), solr_activity_id(DOC, "XM-EXAMPLE-1-A2", 1)
+        solr_activity_id(DOC, "XM-EXAMPLE-1-A4", 0),
+        solr_activity_id(DOC, "XM-EXAMPLE-1-A2", 1),
     }
     assert solr_activity_id(DOC, "XM-EXAMPLE-1-A3", 0) not in final["activity"]
     assert all(d["iati_activities_document_hash"] == "h2" for docs in final.values() for d in docs.values())
     assert not (v1_ids["transaction"] & set(final["transaction"]))  # hash is part of the explode id
     assert outcome.data["removed"] == len(v1_ids["activity"] - set(final["activity"])) + len(
-        v1_ids["transaction"]) + len(v1_ids["budget"])
+        v1_ids["transaction"]
+    ) + len(v1_ids["budget"])
 
 
 def _clean_run(tmp_path: Path) -> tuple[dict[str, Any], list[UpdateEvent]]:
@@ -307,15 +318,15 @@ def test_a_version_without_activities_removes_the_dataset(blobs, standin, solr, 
     index_document(publish(blobs, "doc-2", "x1", V1[:1]), blobs, solr, SETTINGS)
     outcome = index_document({"id": DOC, "hash": "h2", "flattened_activities": manifest}, blobs, solr, SETTINGS)
     assert outcome.status == "ok"
-    assert outcome.data == {"activities": 0, "transactions": 0, "budgets": 0, "skipped_no_identifier": 0,
-                            "removed": 9}
+    assert outcome.data == {"activities": 0, "transactions": 0, "budgets": 0, "skipped_no_identifier": 0, "removed": 9}
     assert ids(snapshot(standin)) == {role: set() for role in ROLES}
     assert standin.ids("activity", 'iati_activities_document_id:"doc-2"')
 
 
 def test_missing_flat_file(blobs, standin, solr):
-    outcome = index_document({"id": DOC, "hash": "nope", "flattened_activities": {"activities": 3}},
-                             blobs, solr, SETTINGS)
+    outcome = index_document(
+        {"id": DOC, "hash": "nope", "flattened_activities": {"activities": 3}}, blobs, solr, SETTINGS
+    )
     assert (outcome.status, outcome.code, outcome.retryable) == ("failed", "flat_missing", False)
 
 
@@ -347,8 +358,10 @@ def test_ids_the_new_version_no_longer_produces_are_removed(blobs, standin, solr
     row = publish(blobs, DOC, "h1", V1)
     index_document(row, blobs, solr, SETTINGS)
     # e.g. written by an older release that computed explode ids differently, same hash
-    solr.add("transaction", [{"id": "old-style-id", "iati_activities_document_id": DOC,
-                              "iati_activities_document_hash": "h1"}])
+    solr.add(
+        "transaction",
+        [{"id": "old-style-id", "iati_activities_document_id": DOC, "iati_activities_document_hash": "h1"}],
+    )
     outcome = index_document(row, blobs, solr, SETTINGS)
     assert outcome.data["removed"] == 1
     assert "old-style-id" not in standin.ids("transaction")
@@ -362,8 +375,9 @@ def test_documents_of_another_version_written_meanwhile_are_removed(blobs, stand
     def sneak_in(event: UpdateEvent) -> None:
         if not state["done"]:
             state["done"] = True
-            writer.add("budget", [{"id": "late", "iati_activities_document_id": DOC,
-                                   "iati_activities_document_hash": "h0"}])
+            writer.add(
+                "budget", [{"id": "late", "iati_activities_document_id": DOC, "iati_activities_document_hash": "h0"}]
+            )
 
     standin.on_update = sneak_in
     assert index_document(publish(blobs, DOC, "h1", V1), blobs, solr, SETTINGS).status == "ok"
@@ -387,7 +401,7 @@ def test_reconcile_removes_orphaned_and_stale_documents(blobs, standin, solr):
     index_document(publish(blobs, "doc-2", "x1", V1[1:2]), blobs, solr, SETTINGS)  # 1 + 1 + 0
     index_document(publish(blobs, "doc-3", "y1", V1[2:3]), blobs, solr, SETTINGS)  # 1 + 0 + 2
     index_document(publish(blobs, "doc-4", "z1", V2), blobs, solr, SETTINGS)  # 4 + 6 + 3
-    kept = {role: standin.ids(role, f"{IN_DOC} OR iati_activities_document_id:\"doc-4\"") for role in ROLES}
+    kept = {role: standin.ids(role, f'{IN_DOC} OR iati_activities_document_id:"doc-4"') for role in ROLES}
     expected = {DOC: "h1", "doc-2": "x2", "doc-4": ["z0", "z1"], "doc-5": "never-indexed"}
     report = reconcile(solr, expected, SETTINGS)
     assert report == {

@@ -38,13 +38,17 @@ def prepared(tmp_path: Path, source: bytes) -> tuple[LocalBlobStore, dict[str, A
 
 def indexed(blobs: LocalBlobStore, doc: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     """role → id → document, as a fresh Solr stores them after indexing ``doc``."""
-    with SolrStandin() as standin, SolrClient(standin.base_url, collections=write_collections(SETTINGS),
-                                              max_retries=0) as solr:
+    with (
+        SolrStandin() as standin,
+        SolrClient(standin.base_url, collections=write_collections(SETTINGS), max_retries=0) as solr,
+    ):
         outcome = index_document(doc, blobs, solr, SETTINGS)
         assert outcome.status == "ok", outcome
         q = field_query("iati_activities_document_id", DOC)
-        return {role: {d["id"]: {k: v for k, v in d.items() if k != "indexed_datetime"}
-                       for d in standin.docs(role, q)} for role in ROLES}
+        return {
+            role: {d["id"]: {k: v for k, v in d.items() if k != "indexed_datetime"} for d in standin.docs(role, q)}
+            for role in ROLES
+        }
 
 
 @pytest.fixture(params=["sample", "non-ascii and duplicates"])
@@ -77,8 +81,9 @@ def test_indexing_from_the_bundle_gives_the_same_documents_without_reading_the_c
     blobs.delete(SETTINGS.flat_container, [lake_bundle_name(DOC, HASH)])
     rebuilt = indexed(blobs, doc)
     # with the bundle and neither the clean file nor the lake blobs: everything comes from the bundle
-    lake_blobs = {name: blobs.get_bytes(SETTINGS.lake_container, name)
-                  for name in blobs.list(SETTINGS.lake_container, f"{DOC}/")}
+    lake_blobs = {
+        name: blobs.get_bytes(SETTINGS.lake_container, name) for name in blobs.list(SETTINGS.lake_container, f"{DOC}/")
+    }
     blobs.put_bytes(SETTINGS.flat_container, lake_bundle_name(DOC, HASH), bundle)
     blobs.delete(SETTINGS.clean_container, [f"{HASH}.xml"])
     blobs.delete(SETTINGS.lake_container, list(lake_blobs))
@@ -91,7 +96,7 @@ def test_a_bundle_that_disagrees_with_the_activities_is_left_for_the_lake_blobs(
     blobs, doc = prepared(tmp_path, SOURCE.read_bytes())
     expected = indexed(blobs, doc)
     lines = blobs.get_bytes(SETTINGS.flat_container, lake_bundle_name(DOC, HASH)).decode("ascii").splitlines()
-    wrong = [json.dumps("not-this-activity") + line[line.index("\t"):] for line in lines[1:2]] + lines[2:]
+    wrong = [json.dumps("not-this-activity") + line[line.index("\t") :] for line in lines[1:2]] + lines[2:]
     blobs.put_bytes(SETTINGS.flat_container, lake_bundle_name(DOC, HASH), ("\n".join(lines[:1] + wrong)).encode())
     blobs.delete(SETTINGS.clean_container, [f"{HASH}.xml"])
     assert indexed(blobs, doc) == expected

@@ -14,45 +14,75 @@ MIGRATIONS = get_settings().migrations_dir
 # The reference schema at its migration 27 (columns, types, nullability), from its facts.
 REFERENCE_27 = {
     "document": {
-        "id": ("character varying", "NO"), "hash": ("character varying", "NO"),
+        "id": ("character varying", "NO"),
+        "hash": ("character varying", "NO"),
         "url": ("character varying", "NO"),
-        "first_seen": ("timestamp without time zone", "NO"), "last_seen": ("timestamp without time zone", "NO"),
-        "modified": ("timestamp without time zone", "YES"), "downloaded": ("timestamp without time zone", "YES"),
-        "download_error": ("integer", "YES"), "validation_request": ("timestamp without time zone", "YES"),
-        "validation_api_error": ("integer", "YES"), "publisher": ("character varying", "YES"),
-        "flatten_start": ("timestamp without time zone", "YES"), "flatten_end": ("timestamp without time zone", "YES"),
-        "flatten_api_error": ("integer", "YES"), "flattened_activities": ("jsonb", "YES"),
-        "solrize_start": ("timestamp without time zone", "YES"), "solrize_end": ("timestamp without time zone", "YES"),
-        "solr_api_error": ("text", "YES"), "regenerate_validation_report": ("boolean", "NO"),
-        "lakify_start": ("timestamp without time zone", "YES"), "lakify_end": ("timestamp without time zone", "YES"),
-        "lakify_error": ("character varying", "YES"), "validation": ("integer", "YES"),
-        "solrize_reindex": ("boolean", "NO"), "file_schema_valid": ("boolean", "YES"),
-        "clean_start": ("timestamp without time zone", "YES"), "clean_end": ("timestamp without time zone", "YES"),
-        "clean_error": ("character varying", "YES"), "name": ("character varying", "YES"),
+        "first_seen": ("timestamp without time zone", "NO"),
+        "last_seen": ("timestamp without time zone", "NO"),
+        "modified": ("timestamp without time zone", "YES"),
+        "downloaded": ("timestamp without time zone", "YES"),
+        "download_error": ("integer", "YES"),
+        "validation_request": ("timestamp without time zone", "YES"),
+        "validation_api_error": ("integer", "YES"),
+        "publisher": ("character varying", "YES"),
+        "flatten_start": ("timestamp without time zone", "YES"),
+        "flatten_end": ("timestamp without time zone", "YES"),
+        "flatten_api_error": ("integer", "YES"),
+        "flattened_activities": ("jsonb", "YES"),
+        "solrize_start": ("timestamp without time zone", "YES"),
+        "solrize_end": ("timestamp without time zone", "YES"),
+        "solr_api_error": ("text", "YES"),
+        "regenerate_validation_report": ("boolean", "NO"),
+        "lakify_start": ("timestamp without time zone", "YES"),
+        "lakify_end": ("timestamp without time zone", "YES"),
+        "lakify_error": ("character varying", "YES"),
+        "validation": ("integer", "YES"),
+        "solrize_reindex": ("boolean", "NO"),
+        "file_schema_valid": ("boolean", "YES"),
+        "clean_start": ("timestamp without time zone", "YES"),
+        "clean_end": ("timestamp without time zone", "YES"),
+        "clean_error": ("character varying", "YES"),
+        "name": ("character varying", "YES"),
         "last_solrize_end": ("timestamp without time zone", "YES"),
         "cached_dataset_url": ("character varying", "YES"),
     },
     "publisher": {
-        "org_id": ("character varying", "NO"), "name": ("character varying", "NO"),
-        "description": ("character varying", "YES"), "title": ("character varying", "NO"),
-        "state": ("character varying", "YES"), "image_url": ("character varying", "YES"),
-        "country_code": ("character varying", "YES"), "created": ("timestamp without time zone", "NO"),
-        "last_seen": ("timestamp without time zone", "NO"), "package_count": ("integer", "YES"),
-        "iati_id": ("character varying", "YES"), "black_flag": ("timestamp without time zone", "YES"),
+        "org_id": ("character varying", "NO"),
+        "name": ("character varying", "NO"),
+        "description": ("character varying", "YES"),
+        "title": ("character varying", "NO"),
+        "state": ("character varying", "YES"),
+        "image_url": ("character varying", "YES"),
+        "country_code": ("character varying", "YES"),
+        "created": ("timestamp without time zone", "NO"),
+        "last_seen": ("timestamp without time zone", "NO"),
+        "package_count": ("integer", "YES"),
+        "iati_id": ("character varying", "YES"),
+        "black_flag": ("timestamp without time zone", "YES"),
         "black_flag_notified": ("boolean", "YES"),
     },
     "validation": {
-        "document_hash": ("character varying", "NO"), "document_id": ("character varying", "NO"),
-        "document_url": ("character varying", "NO"), "created": ("timestamp without time zone", "NO"),
-        "valid": ("boolean", "NO"), "report": ("jsonb", "NO"), "publisher": ("character varying", "YES"),
-        "id": ("integer", "NO"), "publisher_name": ("character varying", "YES"),
+        "document_hash": ("character varying", "NO"),
+        "document_id": ("character varying", "NO"),
+        "document_url": ("character varying", "NO"),
+        "created": ("timestamp without time zone", "NO"),
+        "valid": ("boolean", "NO"),
+        "report": ("jsonb", "NO"),
+        "publisher": ("character varying", "YES"),
+        "id": ("integer", "NO"),
+        "publisher_name": ("character varying", "YES"),
     },
     "adhoc_validation": {
-        "id": ("integer", "NO"), "guid": ("character varying", "YES"), "filename": ("character varying", "YES"),
-        "user_email": ("character varying", "YES"), "created": ("timestamp without time zone", "YES"),
+        "id": ("integer", "NO"),
+        "guid": ("character varying", "YES"),
+        "filename": ("character varying", "YES"),
+        "user_email": ("character varying", "YES"),
+        "created": ("timestamp without time zone", "YES"),
         "validated": ("timestamp without time zone", "YES"),
-        "validation_api_error": ("character varying", "YES"), "valid": ("boolean", "YES"),
-        "report": ("jsonb", "YES"), "session_id": ("character varying", "YES"),
+        "validation_api_error": ("character varying", "YES"),
+        "valid": ("boolean", "YES"),
+        "report": ("jsonb", "YES"),
+        "session_id": ("character varying", "YES"),
     },
     "version": {"number": ("character varying", "NO"), "migration": ("integer", "NO")},
 }
@@ -85,8 +115,15 @@ def test_migration_27_is_the_reference_schema(empty_db: str) -> None:
         assert migrate.migrate(conn, MIGRATIONS, 27) == (-1, 27)
         assert columns(conn) == REFERENCE_27
         names = {r["indexname"] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname='public'")}
-        assert {"refresher_pkey", "fki_file_id", "fki_file_hash", "fki_file_url", "fki_publisher",
-                "Publisher_pkey", "validation_pkey"} <= names
+        assert {
+            "refresher_pkey",
+            "fki_file_id",
+            "fki_file_hash",
+            "fki_file_url",
+            "fki_publisher",
+            "Publisher_pkey",
+            "validation_pkey",
+        } <= names
         fks = conn.execute(
             """SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint
                 WHERE conrelid = 'public.document'::regclass AND contype = 'f' ORDER BY 1"""
@@ -148,7 +185,9 @@ def test_reference_database_upgrades_in_place(empty_db: str) -> None:
     """A database left at 27 by the reference refresher keeps its rows through our upgrade."""
     with connect(empty_db) as conn:
         migrate.migrate(conn, MIGRATIONS, 27)
-        conn.execute("INSERT INTO publisher (org_id, name, title, created, last_seen) VALUES ('o', 'p', 'P', now(), now())")
+        conn.execute(
+            "INSERT INTO publisher (org_id, name, title, created, last_seen) VALUES ('o', 'p', 'P', now(), now())"
+        )
         conn.execute(
             """INSERT INTO document (id, hash, url, first_seen, last_seen, publisher, downloaded)
                VALUES ('d', 'h', 'http://x', now(), now(), 'o', now())"""

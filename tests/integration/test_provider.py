@@ -21,10 +21,12 @@ def test_the_provider_registers_its_connection_types_with_their_forms() -> None:
 
     manager = ProvidersManager()
     assert "iati-refresher" in manager.providers
-    expected = {"iati_validator": "iati_refresher.hooks.validator.IatiValidatorHook",
-                "iati_solr": "iati_refresher.hooks.solr.SolrHook",
-                "iati_registry": "iati_refresher.hooks.registry.IatiRegistryHook",
-                "iati_commshub": "iati_refresher.hooks.commshub.CommsHubHook"}
+    expected = {
+        "iati_validator": "iati_refresher.hooks.validator.IatiValidatorHook",
+        "iati_solr": "iati_refresher.hooks.solr.SolrHook",
+        "iati_registry": "iati_refresher.hooks.registry.IatiRegistryHook",
+        "iati_commshub": "iati_refresher.hooks.commshub.CommsHubHook",
+    }
     for conn_type, hook_class in expected.items():
         assert manager.hooks[conn_type].hook_class_name == hook_class
         assert manager.field_behaviours[conn_type]["relabeling"]["host"]
@@ -47,12 +49,18 @@ def airflow_test(conn_type: str, monkeypatch, **fields) -> tuple[bool, str]:
 
 def test_the_validator_connection(monkeypatch) -> None:
     with ValidatorStandin(key="k3y-for-test") as validator:
-        ok, message = airflow_test("iati_validator", monkeypatch, host=validator.url, password="k3y-for-test",
-                                   extra={"key_name": validator.key_name})
+        ok, message = airflow_test(
+            "iati_validator",
+            monkeypatch,
+            host=validator.url,
+            password="k3y-for-test",
+            extra={"key_name": validator.key_name},
+        )
         assert ok, message
         assert message.startswith("IATI Validator API")
-        ok, message = airflow_test("iati_validator", monkeypatch, host=validator.url, password="wrong",
-                                   extra={"key_name": validator.key_name})
+        ok, message = airflow_test(
+            "iati_validator", monkeypatch, host=validator.url, password="wrong", extra={"key_name": validator.key_name}
+        )
         assert not ok and ("401" in message or "403" in message), message
     ok, message = airflow_test("iati_validator", monkeypatch, host=f"http://127.0.0.1:{services.free_port()}")
     assert not ok and "ConnectError" in message
@@ -73,8 +81,9 @@ def test_the_registry_connection(monkeypatch) -> None:
         ok, message = airflow_test("iati_registry", monkeypatch, host=registry.url)
         assert ok, message
         assert "HTTP 200" in message and "ETag" in message
-        ok, message = airflow_test("iati_registry", monkeypatch, host=registry.url,
-                                   extra={"dataset_index_path": "/nothing-here"})
+        ok, message = airflow_test(
+            "iati_registry", monkeypatch, host=registry.url, extra={"dataset_index_path": "/nothing-here"}
+        )
         assert not ok and "404" in message
 
 
@@ -88,8 +97,9 @@ def test_the_refresher_database_connection_is_the_postgres_providers(monkeypatch
     from airflow.models.connection import Connection
 
     conn = Connection(uri=uri)
-    ok, message = airflow_test("postgres", monkeypatch, host=conn.host, port=conn.port, login=conn.login,
-                               schema=conn.schema)
+    ok, message = airflow_test(
+        "postgres", monkeypatch, host=conn.host, port=conn.port, login=conn.login, schema=conn.schema
+    )
     assert ok, message
 
 
@@ -101,18 +111,40 @@ def test_every_extra_of_the_refresher_db_connection_reaches_libpq(monkeypatch, p
 
     base = services.airflow_uri(pg_dbname)
     monkeypatch.setattr(connections, "_PRELOADED", {})
-    monkeypatch.setenv("AIRFLOW_CONN_REFRESHER_DB", json.dumps({
-        "conn_type": "postgres", "host": "127.0.0.1", "port": int(base.rsplit(":", 1)[1].split("/")[0]),
-        "login": "postgres", "schema": pg_dbname,
-        "extra": {"options": "-c statement_timeout=4321 -c lock_timeout=1234", "application_name": "extras-probe",
-                  "target_session_attrs": "read-write", "sslmode": "disable", "keepalives_idle": 33}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_REFRESHER_DB",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": int(base.rsplit(":", 1)[1].split("/")[0]),
+                "login": "postgres",
+                "schema": pg_dbname,
+                "extra": {
+                    "options": "-c statement_timeout=4321 -c lock_timeout=1234",
+                    "application_name": "extras-probe",
+                    "target_session_attrs": "read-write",
+                    "sslmode": "disable",
+                    "keepalives_idle": 33,
+                },
+            }
+        ),
+    )
     conn = open_refresher_db()
     try:
-        settings = {r["name"]: r["setting"] for r in conn.execute(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('statement_timeout', 'lock_timeout', "
-            "'application_name', 'TimeZone')")}
-        assert settings == {"statement_timeout": "4321", "lock_timeout": "1234", "application_name": "extras-probe",
-                            "TimeZone": "UTC"}
+        settings = {
+            r["name"]: r["setting"]
+            for r in conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('statement_timeout', 'lock_timeout', "
+                "'application_name', 'TimeZone')"
+            )
+        }
+        assert settings == {
+            "statement_timeout": "4321",
+            "lock_timeout": "1234",
+            "application_name": "extras-probe",
+            "TimeZone": "UTC",
+        }
         assert conn.info.get_parameters().get("application_name") == "extras-probe"
         assert "keepalives_idle=33" in conn.info.dsn and "sslmode=disable" in conn.info.dsn
         assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}, "dict rows"

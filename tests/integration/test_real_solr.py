@@ -102,20 +102,40 @@ def through_the_stages(blobs: LocalBlobStore, doc_id: str, source: Path) -> dict
 
 def test_writes_go_through_the_solrize_aliases_and_readers_see_them_through_the_read_aliases(solrcloud, solr):
     listed = solr._request("GET", "admin", "collections", params={"action": "LISTALIASES", "wt": "json"})
-    assert listed["aliases"] == {"activity": "activity_1", "activity_solrize": "activity_1",
-                                 "transaction": "transaction_1", "transaction_solrize": "transaction_1",
-                                 "budget": "budget_1", "budget_solrize": "budget_1"}
+    assert listed["aliases"] == {
+        "activity": "activity_1",
+        "activity_solrize": "activity_1",
+        "transaction": "transaction_1",
+        "transaction_solrize": "transaction_1",
+        "budget": "budget_1",
+        "budget_solrize": "budget_1",
+    }
     assert solr.target("activity") == "activity_solrize"
-    solr.add("budget", [{"id": "b-1", "iati_activities_document_id": "d", "iati_activities_document_hash": "h",
-                         "iati_identifier": "X-1"}])
+    solr.add(
+        "budget",
+        [
+            {
+                "id": "b-1",
+                "iati_activities_document_id": "d",
+                "iati_activities_document_hash": "h",
+                "iati_identifier": "X-1",
+            }
+        ],
+    )
     solr.commit("budget")
     with reader(solrcloud) as read:
         assert read.select("budget", field_query("id", "b-1"))["response"]["numFound"] == 1
         assert read.select("budget_1", "*:*")["response"]["numFound"] == 1
 
 
-@pytest.mark.parametrize("source", sorted(p.name for p in SAMPLE.glob("*.xml") if "organisation" not in p.name
-                                          and "truncated" not in p.name and "v105" not in p.name))
+@pytest.mark.parametrize(
+    "source",
+    sorted(
+        p.name
+        for p in SAMPLE.glob("*.xml")
+        if "organisation" not in p.name and "truncated" not in p.name and "v105" not in p.name
+    ),
+)
 def test_every_document_built_from_the_sample_files_is_accepted(solrcloud, solr, blobs, source):
     row = through_the_stages(blobs, "sample", SAMPLE / source)
     outcome = index_document(row, blobs, solr, SETTINGS)
@@ -142,8 +162,9 @@ def test_every_field_of_a_full_flattened_activity_is_accepted_with_its_type(solr
     assert isinstance(stored["hierarchy"], int), "pint, single-valued"
     assert isinstance(stored["iati_identifier"], str), "single-valued"
     assert isinstance(stored["title_narrative"], list), "multi-valued"
-    missing = sorted(k for k, v in full.items() if v not in ("", [], None) and k not in stored
-                     and not k.startswith("@"))
+    missing = sorted(
+        k for k, v in full.items() if v not in ("", [], None) and k not in stored and not k.startswith("@")
+    )
     assert missing == [], f"every non-empty field is stored: {missing}"
 
 
@@ -162,21 +183,33 @@ def test_a_value_solr_rejects_costs_that_index_attempt_only_with_solrs_own_messa
     # has were deleted again.  Solr kept the documents it accepted before the bad one: those
     # activities were overwritten in place (same id in every version) and show the new content.
     assert set(solr.iter_ids("activity", IN_DOC)) == before, "no activity vanished, no new-only id left"
-    hashes = {d["id"]: d["iati_activities_document_hash"] for d in solr.iter_docs(
-        "activity", IN_DOC, fl="id,iati_activities_document_hash")}
+    hashes = {
+        d["id"]: d["iati_activities_document_hash"]
+        for d in solr.iter_docs("activity", IN_DOC, fl="id,iati_activities_document_hash")
+    }
     # Reconciliation (which trusts the database: indexed h1, current h2) keeps them all.
     assert reconcile(solr, {DOC: ("h1", "h2")}, SETTINGS)["activity"] == {
-        "scanned": len(hashes), "orphaned": 0, "stale_hash": 0}
+        "scanned": len(hashes),
+        "orphaned": 0,
+        "stale_hash": 0,
+    }
 
 
 # --- queries and updates ----------------------------------------------------------------------------------
 
 
 def test_cursor_paging_returns_every_document_once_in_id_order(solr):
-    docs = [{"id": f"p-{i:05d}", "iati_activities_document_id": "paging", "iati_activities_document_hash": "h",
-             "iati_identifier": f"X-{i}"} for i in range(2345)]
+    docs = [
+        {
+            "id": f"p-{i:05d}",
+            "iati_activities_document_id": "paging",
+            "iati_activities_document_hash": "h",
+            "iati_identifier": f"X-{i}",
+        }
+        for i in range(2345)
+    ]
     for start in range(0, len(docs), 1000):
-        solr.add("activity", docs[start:start + 1000])
+        solr.add("activity", docs[start : start + 1000])
     solr.commit("activity")
     got = list(solr.iter_ids("activity", field_query("iati_activities_document_id", "paging"), page_size=500))
     assert got == sorted(d["id"] for d in docs)
@@ -184,14 +217,29 @@ def test_cursor_paging_returns_every_document_once_in_id_order(solr):
 
 def test_delete_by_id_and_by_query_with_values_that_need_escaping(solr):
     awkward = 'org "quoted" \\ back:slash (AND) *'
-    solr.add("transaction", [
-        {"id": "t-1", "iati_activities_document_id": awkward, "iati_activities_document_hash": "h",
-         "iati_identifier": "X-1"},
-        {"id": "t-2", "iati_activities_document_id": awkward + " other", "iati_activities_document_hash": "h",
-         "iati_identifier": "X-2"},
-        {"id": "t-3", "iati_activities_document_id": "plain", "iati_activities_document_hash": "h",
-         "iati_identifier": "X-3"},
-    ])
+    solr.add(
+        "transaction",
+        [
+            {
+                "id": "t-1",
+                "iati_activities_document_id": awkward,
+                "iati_activities_document_hash": "h",
+                "iati_identifier": "X-1",
+            },
+            {
+                "id": "t-2",
+                "iati_activities_document_id": awkward + " other",
+                "iati_activities_document_hash": "h",
+                "iati_identifier": "X-2",
+            },
+            {
+                "id": "t-3",
+                "iati_activities_document_id": "plain",
+                "iati_activities_document_hash": "h",
+                "iati_identifier": "X-3",
+            },
+        ],
+    )
     solr.commit("transaction")
     assert solr.count("transaction", field_query("iati_activities_document_id", awkward)) == 1
     solr.delete_query("transaction", field_query("iati_activities_document_id", awkward))
@@ -201,8 +249,18 @@ def test_delete_by_id_and_by_query_with_values_that_need_escaping(solr):
 
 
 def test_commit_within_makes_documents_visible_without_a_commit(solr):
-    solr.add("activity", [{"id": "cw-1", "iati_activities_document_id": "cw", "iati_activities_document_hash": "h",
-                           "iati_identifier": "X-1"}], commit_within_ms=500)
+    solr.add(
+        "activity",
+        [
+            {
+                "id": "cw-1",
+                "iati_activities_document_id": "cw",
+                "iati_activities_document_hash": "h",
+                "iati_identifier": "X-1",
+            }
+        ],
+        commit_within_ms=500,
+    )
     deadline = time.monotonic() + 20
     while solr.count("activity", field_query("id", "cw-1")) == 0:
         assert time.monotonic() < deadline, "commitWithin=500 ms did not make the document visible in 20 s"
@@ -215,14 +273,22 @@ def test_commit_within_makes_documents_visible_without_a_commit(solr):
 def test_a_republished_dataset_stays_searchable_between_every_request_of_its_reindex(solrcloud, solr, blobs):
     assert index_document(publish(blobs, DOC, "h1", V1), blobs, solr, SETTINGS).status == "ok"
     commit_all(solr)
-    both = set(solr.iter_ids("activity", IN_DOC)) & {d for d in solr.iter_ids("activity", IN_DOC)
-                                                      if "XM-EXAMPLE-1-A3" not in d}
+    both = set(solr.iter_ids("activity", IN_DOC)) & {
+        d for d in solr.iter_ids("activity", IN_DOC) if "XM-EXAMPLE-1-A3" not in d
+    }
     seen: list[tuple[int, int, int, set[str]]] = []
     with reader(solrcloud) as read:
+
         def look() -> None:
             commit_all(read)  # a searcher opens here, as commitWithin could open one
-            seen.append((read.count("activity", IN_DOC), read.count("transaction", IN_DOC),
-                         read.count("budget", IN_DOC), set(read.iter_ids("activity", IN_DOC))))
+            seen.append(
+                (
+                    read.count("activity", IN_DOC),
+                    read.count("transaction", IN_DOC),
+                    read.count("budget", IN_DOC),
+                    set(read.iter_ids("activity", IN_DOC)),
+                )
+            )
 
         solr.observe = look
         outcome = index_document(publish(blobs, DOC, "h2", V2), blobs, solr, SETTINGS)
@@ -233,8 +299,11 @@ def test_a_republished_dataset_stays_searchable_between_every_request_of_its_rei
         assert activities > 0 and transactions > 0 and budgets > 0
         assert len(activity_ids & both) >= 1
     commit_all(solr)
-    assert {d["iati_activities_document_hash"] for role in ROLES
-            for d in solr.iter_docs(role, IN_DOC, fl="id,iati_activities_document_hash")} == {"h2"}
+    assert {
+        d["iati_activities_document_hash"]
+        for role in ROLES
+        for d in solr.iter_docs(role, IN_DOC, fl="id,iati_activities_document_hash")
+    } == {"h2"}
 
 
 def test_solr_stopped_mid_reindex_keeps_the_old_version_and_a_rerun_converges(solrcloud, solr, blobs):
@@ -263,8 +332,11 @@ def test_solr_stopped_mid_reindex_keeps_the_old_version_and_a_rerun_converges(so
     again = index_document(publish(blobs, DOC, "h2", V2), blobs, solr, SETTINGS)
     assert again.status == "ok", again
     commit_all(solr)
-    hashes = {d["iati_activities_document_hash"] for role in ROLES
-              for d in solr.iter_docs(role, IN_DOC, fl="id,iati_activities_document_hash")}
+    hashes = {
+        d["iati_activities_document_hash"]
+        for role in ROLES
+        for d in solr.iter_docs(role, IN_DOC, fl="id,iati_activities_document_hash")
+    }
     assert hashes == {"h2"}, "converged: nothing of the old version or the broken attempt is left"
     assert solr.count("activity", IN_DOC) == again.data["activities"]
 
@@ -276,8 +348,9 @@ def test_unindex_and_reconcile(solr, blobs):
     counts = reconcile(solr, {"keep": "h1", "stale": "h-new"}, SETTINGS, max_share=1.0)
     commit_all(solr)
     assert counts["activity"]["orphaned"] > 0 and counts["activity"]["stale_hash"] > 0, counts
-    assert {d["iati_activities_document_id"] for d in solr.iter_docs("activity", fl="iati_activities_document_id")} \
-        == {"keep"}
+    assert {d["iati_activities_document_id"] for d in solr.iter_docs("activity", fl="iati_activities_document_id")} == {
+        "keep"
+    }
     assert unindex_document("keep", solr, SETTINGS) > 0
     commit_all(solr)
     assert all(solr.count(role) == 0 for role in ROLES)
@@ -298,11 +371,26 @@ def test_create_collections_script_runs_a_zero_downtime_full_reindex_on_real_sol
     script = Path(__file__).resolve().parents[2] / "solr" / "create-collections.sh"
 
     def run(**env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300, check=False,
-                              env={"PATH": os.environ["PATH"], "SOLR_URL": solrcloud.url, "SOLR_WAIT_S": "30", **env})
+        return subprocess.run(
+            ["bash", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={"PATH": os.environ["PATH"], "SOLR_URL": solrcloud.url, "SOLR_WAIT_S": "30", **env},
+        )
 
-    solr.add("activity", [{"id": "v1-doc", "iati_activities_document_id": "d", "iati_activities_document_hash": "h",
-                           "iati_identifier": "X-1"}])
+    solr.add(
+        "activity",
+        [
+            {
+                "id": "v1-doc",
+                "iati_activities_document_id": "d",
+                "iati_activities_document_hash": "h",
+                "iati_identifier": "X-1",
+            }
+        ],
+    )
     solr.commit("activity")
     try:
         unchanged = run()
@@ -315,25 +403,51 @@ def test_create_collections_script_runs_a_zero_downtime_full_reindex_on_real_sol
             assert aliases["aliases"]["activity_solrize"] == "activity_2"
             assert aliases["aliases"]["activity"] == "activity_1"
             assert read.count("activity", field_query("id", "v1-doc")) == 1, "readers still see version 1"
-            solr.add("activity", [{"id": "v2-doc", "iati_activities_document_id": "d",
-                                   "iati_activities_document_hash": "h", "iati_identifier": "X-1"}])
+            solr.add(
+                "activity",
+                [
+                    {
+                        "id": "v2-doc",
+                        "iati_activities_document_id": "d",
+                        "iati_activities_document_hash": "h",
+                        "iati_identifier": "X-1",
+                    }
+                ],
+            )
             solr.commit("activity")
             assert read.count("activity", field_query("id", "v2-doc")) == 0
             switched = run(SOLR_COLLECTION_VERSION="2", REPOINT_READ_ALIAS="1")
             assert switched.returncode == 0, switched.stderr
             assert read.count("activity", field_query("id", "v2-doc")) == 1, "readers now see version 2"
             with pytest.raises(SolrError) as rejected:  # the uploaded schema is enforced
-                solr.add("transaction", [{"id": "t", "iati_activities_document_id": "d", "iati_identifier": "X-1",
-                                          "iati_activities_document_hash": "h", "hierarchy": "top"}])
+                solr.add(
+                    "transaction",
+                    [
+                        {
+                            "id": "t",
+                            "iati_activities_document_id": "d",
+                            "iati_identifier": "X-1",
+                            "iati_activities_document_hash": "h",
+                            "hierarchy": "top",
+                        }
+                    ],
+                )
             assert rejected.value.status == 400 and "hierarchy" in rejected.value.message
     finally:
         for role in ROLES:  # back to version 1 for the other tests
-            solr._request("GET", "admin", "collections", params={
-                "action": "CREATEALIAS", "name": f"{role}_solrize", "collections": f"{role}_1", "wt": "json"})
-            solr._request("GET", "admin", "collections", params={
-                "action": "CREATEALIAS", "name": role, "collections": f"{role}_1", "wt": "json"})
-            solr._request("GET", "admin", "collections", params={"action": "DELETE", "name": f"{role}_2",
-                                                                 "wt": "json"})
+            solr._request(
+                "GET",
+                "admin",
+                "collections",
+                params={"action": "CREATEALIAS", "name": f"{role}_solrize", "collections": f"{role}_1", "wt": "json"},
+            )
+            solr._request(
+                "GET",
+                "admin",
+                "collections",
+                params={"action": "CREATEALIAS", "name": role, "collections": f"{role}_1", "wt": "json"},
+            )
+            solr._request("GET", "admin", "collections", params={"action": "DELETE", "name": f"{role}_2", "wt": "json"})
 
 
 # --- what the index stage stores, as real Solr stores it ------------------------------------------------
@@ -360,8 +474,17 @@ def test_a_version_without_activities_and_ids_a_version_no_longer_makes_are_remo
     row = publish(blobs, DOC, "h1", V1)
     assert index_document(row, blobs, solr, SETTINGS).status == "ok"
     assert index_document(publish(blobs, "doc-2", "x1", V1[:1]), blobs, solr, SETTINGS).status == "ok"
-    solr.add("transaction", [{"id": "old-style-id", "iati_activities_document_id": DOC,
-                              "iati_activities_document_hash": "h1", "iati_identifier": "X"}])
+    solr.add(
+        "transaction",
+        [
+            {
+                "id": "old-style-id",
+                "iati_activities_document_id": DOC,
+                "iati_activities_document_hash": "h1",
+                "iati_identifier": "X",
+            }
+        ],
+    )
     solr.commit("transaction")
     again = index_document(row, blobs, solr, SETTINGS)
     assert again.data["removed"] == 1
@@ -382,8 +505,9 @@ def test_a_replica_node_lost_mid_reindex_fails_over_and_recovers(tmp_path, blobs
     from iati_refresher.local.solr import LocalSolrCloud
 
     with LocalSolrCloud(nodes=2, heap_mb=512, base_dir=tmp_path / "two-nodes") as cloud:
-        client = Probe(cloud.url, collections=write_collections(SETTINGS), max_retries=6, retry_backoff_s=1.0,
-                       timeout_s=60)
+        client = Probe(
+            cloud.url, collections=write_collections(SETTINGS), max_retries=6, retry_backoff_s=1.0, timeout_s=60
+        )
         assert index_document(publish(blobs, DOC, "h1", V1), blobs, client, SETTINGS).status == "ok"
         commit_all(client)
         seen: list[int] = []

@@ -24,6 +24,7 @@ import pytest
 from iati_refresher import pipeline, workers
 from iati_refresher.db import repository as repo
 from iati_refresher.iati.identifiers import lake_name
+from iati_refresher.pipeline.recording import prepare_batch
 from iati_refresher.registry.base import RegistrySnapshot
 from iati_refresher.settings import Settings
 from iati_refresher.solr_client import ROLES, SolrClient, write_collections
@@ -84,12 +85,16 @@ class CountingBlobs:
 
 
 def index_into_fresh_solr(blobs: Any, doc: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    with SolrStandin() as standin, SolrClient(standin.base_url, collections=write_collections(SETTINGS),
-                                              max_retries=0, timeout_s=5.0) as client:
+    with (
+        SolrStandin() as standin,
+        SolrClient(standin.base_url, collections=write_collections(SETTINGS), max_retries=0, timeout_s=5.0) as client,
+    ):
         outcome = index_stage.index_document(doc, blobs, client, SETTINGS)
         assert outcome.status == "ok", outcome
-        return {role: {d["id"]: {k: v for k, v in d.items() if k != "indexed_datetime"}
-                       for d in standin.docs(role)} for role in ROLES}
+        return {
+            role: {d["id"]: {k: v for k, v in d.items() if k != "indexed_datetime"} for d in standin.docs(role)}
+            for role in ROLES
+        }
 
 
 def test_lake_texts_from_the_clean_file_equal_the_stored_lake(prepared) -> None:
@@ -123,8 +128,10 @@ def test_an_unparseable_clean_file_falls_back_and_a_missing_lake_blob_is_still_r
     blobs.put_bytes(SETTINGS.clean_container, f"{HASH}.xml", b"<iati-activities><iati-act")
     assert index_into_fresh_solr(blobs, doc)["activity"]
     blobs.delete(SETTINGS.lake_container, [lake_name(DOC, "XX-TEMPLATE-3", 0, "json")])
-    with SolrStandin() as standin, SolrClient(standin.base_url, collections=write_collections(SETTINGS),
-                                              max_retries=0, timeout_s=5.0) as client:
+    with (
+        SolrStandin() as standin,
+        SolrClient(standin.base_url, collections=write_collections(SETTINGS), max_retries=0, timeout_s=5.0) as client,
+    ):
         outcome = index_stage.index_document(doc, blobs, client, SETTINGS)
     assert (outcome.status, outcome.code) == ("failed", "lake_missing")
 
@@ -140,8 +147,7 @@ def sized(*sizes: int | None) -> list[dict[str, Any]]:
 
 def test_chunks_close_on_the_document_count_or_the_byte_budget() -> None:
     chunks = pipeline.chunk_documents(sized(40, 40, 40, 10, 10, 10, 10, 200, 5), max_documents=3, max_bytes=100)
-    assert [[d["id"] for d in c] for c in chunks] == [
-        ["d0", "d1"], ["d2", "d3", "d4"], ["d5", "d6"], ["d7"], ["d8"]]
+    assert [[d["id"] for d in c] for c in chunks] == [["d0", "d1"], ["d2", "d3", "d4"], ["d5", "d6"], ["d7"], ["d8"]]
 
 
 def test_unknown_sizes_count_as_nothing_and_order_is_kept() -> None:
@@ -154,7 +160,9 @@ def test_unknown_sizes_count_as_nothing_and_order_is_kept() -> None:
 def flatten_ready(db, pg_dbname: str, monkeypatch: pytest.MonkeyPatch):
     """Ten documents ready for flatten, of 1, 2, ... 10 MB; the pipeline pointed at this database."""
     monkeypatch.setenv("AIRFLOW_CONN_REFRESHER_DB", services.airflow_uri(pg_dbname))
-    db.execute("INSERT INTO publisher (org_id, name, title, created, last_seen) VALUES ('o1', 'org', 'Org', now(), now())")
+    db.execute(
+        "INSERT INTO publisher (org_id, name, title, created, last_seen) VALUES ('o1', 'org', 'Org', now(), now())"
+    )
     for i in range(1, 11):
         db.execute(
             """INSERT INTO document (id, hash, url, first_seen, last_seen, publisher, name, downloaded,
@@ -170,7 +178,14 @@ def test_plan_batches_cuts_by_bytes_and_stops_at_the_cap(flatten_ready) -> None:
     settings = Settings(batch_size=4, batch_max_bytes=10_000_000, max_batches_per_stage=100)
     batches = pipeline.plan_batches("flatten", settings)
     assert [b["ids"] for b in batches] == [
-        ["d01", "d02", "d03", "d04"], ["d05"], ["d06"], ["d07"], ["d08"], ["d09"], ["d10"]]
+        ["d01", "d02", "d03", "d04"],
+        ["d05"],
+        ["d06"],
+        ["d07"],
+        ["d08"],
+        ["d09"],
+        ["d10"],
+    ]
     assert [b["key"] for b in batches] == [f"{n:04d}" for n in range(7)]
     assert batches[0]["label"] == "name-01 +3" and batches[1]["label"] == "name-05"
     capped = pipeline.plan_batches("flatten", settings.replace(max_batches_per_stage=3))
@@ -196,9 +211,11 @@ class CountingConnection:
 
 
 def add_report(db, report_id: int, doc_id: str, hash_: str, valid: bool) -> None:
-    db.execute("""INSERT INTO validation (id, document_id, document_hash, document_url, created, valid, report)
+    db.execute(
+        """INSERT INTO validation (id, document_id, document_hash, document_url, created, valid, report)
                   VALUES (%s, %s, %s, 'u', now(), %s, %s)""",
-               (report_id, doc_id, hash_, valid, json.dumps({"valid": valid, "n": report_id})))
+        (report_id, doc_id, hash_, valid, json.dumps({"valid": valid, "n": report_id})),
+    )
 
 
 def test_newest_report_per_hash_and_reports_by_id(db) -> None:
@@ -216,19 +233,30 @@ def test_preparing_a_clean_batch_reads_the_reports_in_one_query(db) -> None:
     for n in range(1, 6):
         add_report(db, n, f"d{n}", f"h{n}", n % 2 == 0)
     db.commit()
-    docs = [{"id": f"d{n}", "hash": f"h{n}", "validation": n, "black_flag": None,
-             "regenerate_validation_report": False} for n in range(1, 6)]
+    docs = [
+        {"id": f"d{n}", "hash": f"h{n}", "validation": n, "black_flag": None, "regenerate_validation_report": False}
+        for n in range(1, 6)
+    ]
     counting = CountingConnection(db)
-    prepared = pipeline._prepare(counting, "clean", docs)
+    prepared = prepare_batch(counting, "clean", docs)
     assert [d["report"]["n"] for d in prepared] == [1, 2, 3, 4, 5]
     assert len(counting.statements) == 1
 
 
 def test_preparing_a_validate_batch_looks_up_reusable_reports_in_one_query(db) -> None:
-    docs = [{"id": f"d{n}", "hash": f"h{n}", "validation": None, "file_schema_valid": None, "black_flag": None,
-             "regenerate_validation_report": False} for n in range(1, 6)]
+    docs = [
+        {
+            "id": f"d{n}",
+            "hash": f"h{n}",
+            "validation": None,
+            "file_schema_valid": None,
+            "black_flag": None,
+            "regenerate_validation_report": False,
+        }
+        for n in range(1, 6)
+    ]
     counting = CountingConnection(db)
-    assert [d["id"] for d in pipeline._prepare(counting, "validate", docs)] == ["d1", "d2", "d3", "d4", "d5"]
+    assert [d["id"] for d in prepare_batch(counting, "validate", docs)] == ["d1", "d2", "d3", "d4", "d5"]
     assert len(counting.statements) == 1
 
 
@@ -236,9 +264,14 @@ def test_migration_31_indexes_serve_the_report_lookup(db) -> None:
     names = {r["indexname"] for r in db.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
     assert {"validation_document_hash_id", "run_stage_telemetry_finished_at"} <= names
     db.execute("SET enable_seqscan = off")  # a near-empty table: ask whether the index *can* serve it
-    plan = "\n".join(r["QUERY PLAN"] for r in db.execute(
-        """EXPLAIN SELECT DISTINCT ON (document_hash) document_hash, id, valid FROM validation
-            WHERE document_hash = ANY(%s) ORDER BY document_hash, id DESC""", (["h1"],)))
+    plan = "\n".join(
+        r["QUERY PLAN"]
+        for r in db.execute(
+            """EXPLAIN SELECT DISTINCT ON (document_hash) document_hash, id, valid FROM validation
+            WHERE document_hash = ANY(%s) ORDER BY document_hash, id DESC""",
+            (["h1"],),
+        )
+    )
     assert "validation_document_hash_id" in plan
 
 
@@ -255,13 +288,28 @@ def registry(datasets: list[dict[str, Any]], publishers: tuple[str, ...] = ("org
 
 
 def dataset(n: int, publisher: str = "org-a", **changes: Any) -> dict[str, Any]:
-    return {"id": f"d{n}", "hash": f"{n:040x}", "url": f"http://publisher/{n}.xml", "name": f"ds-{n}",
-            "publisher": publisher, "cached_dataset_url": f"http://bds/{n}.xml", **changes}
+    return {
+        "id": f"d{n}",
+        "hash": f"{n:040x}",
+        "url": f"http://publisher/{n}.xml",
+        "name": f"ds-{n}",
+        "publisher": publisher,
+        "cached_dataset_url": f"http://bds/{n}.xml",
+        **changes,
+    }
 
 
 def sync(db, snapshot: RegistrySnapshot, at: datetime) -> Any:
-    return sync_snapshot(db, snapshot, seen_at=at, run_id="r", publisher_safety_share=0.5, document_safety_share=0.5,
-                         remove_version=lambda d, h: None, remove_dataset=lambda d, h: None)
+    return sync_snapshot(
+        db,
+        snapshot,
+        seen_at=at,
+        run_id="r",
+        publisher_safety_share=0.5,
+        document_safety_share=0.5,
+        remove_version=lambda d, h: None,
+        remove_dataset=lambda d, h: None,
+    )
 
 
 class CountingStatements(CountingConnection):
@@ -306,14 +354,19 @@ def test_anything_unusual_takes_the_careful_path_with_the_same_result(db) -> Non
 
 
 def _where(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    return {"document_id": doc["id"], "status": "ok", "code": None, "message": None, "retryable": False,
-            "data": {"pid": os.getpid()}}
+    return {
+        "document_id": doc["id"],
+        "status": "ok",
+        "code": None,
+        "message": None,
+        "retryable": False,
+        "data": {"pid": os.getpid()},
+    }
 
 
 def test_a_single_document_batch_is_isolated_in_a_worker_process() -> None:
     """A file over the byte budget has a batch of its own: it must not run in the task process."""
-    [(doc, outcome)] = list(workers.run_pool(_where, [{"id": "big"}], Settings(), kind="process", size=4,
-                                             resolved={}))
+    [(doc, outcome)] = list(workers.run_pool(_where, [{"id": "big"}], Settings(), kind="process", size=4, resolved={}))
     assert doc["id"] == "big" and outcome["data"]["pid"] != os.getpid()
     [(_, inline)] = list(workers.run_pool(_where, [{"id": "d"}], Settings(), kind="thread", size=1, resolved={}))
     assert inline["data"]["pid"] == os.getpid()

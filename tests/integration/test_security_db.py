@@ -40,8 +40,9 @@ def registry(pg_dbname, monkeypatch, tmp_path):
 
 
 def sync(server: RegistryStandIn, urls: dict[str, str]) -> None:
-    datasets = [bds_dataset(doc_id, doc_id, ORG, cached_url=url, hash_=identifier_hash(doc_id))
-                for doc_id, url in urls.items()]
+    datasets = [
+        bds_dataset(doc_id, doc_id, ORG, cached_url=url, hash_=identifier_hash(doc_id)) for doc_id, url in urls.items()
+    ]
     server.set_bds([bds_org(ORG, "org-d")], datasets)
     result = pipeline.sync_registry("scheduled__sync", settings=Settings.from_env(allow_private_addresses=True))
     assert result["added"] == len(urls)
@@ -111,8 +112,11 @@ def test_redirects_to_private_addresses_are_refused(registry: RegistryStandIn, d
         rows = download_rows(db)
         assert rows["allowed"]["outcome"] == "ok" and rows["allowed"]["downloaded"] is not None
         for doc_id in ("redirected", "redirected-301"):
-            assert (rows[doc_id]["outcome"], rows[doc_id]["code"], rows[doc_id]["download_error"]) == \
-                ("gave_up", "refused_address", 3), doc_id
+            assert (rows[doc_id]["outcome"], rows[doc_id]["code"], rows[doc_id]["download_error"]) == (
+                "gave_up",
+                "refused_address",
+                3,
+            ), doc_id
         assert private.requests == [], "the private server was never contacted"
 
 
@@ -121,7 +125,7 @@ def test_redirects_to_private_addresses_are_refused(registry: RegistryStandIn, d
 HOSTILE_NAMES = [
     "x'); DROP TABLE document; --",
     "100%_done\\",
-    "O'Brien \"quoted\" ; SELECT pg_sleep(10)",
+    'O\'Brien "quoted" ; SELECT pg_sleep(10)',
 ]
 
 

@@ -186,8 +186,13 @@ def test_schema_facts():
     copies = {(c.get("source"), c.get("dest")) for c in root.iter("copyField")}
     assert copies == {("*_narrative", "iati_text"), ("iati_identifier", "iati_identifier_exact")}
     (catch_all,) = root.iter("dynamicField")
-    assert (catch_all.get("name"), catch_all.get("type"), catch_all.get("indexed"), catch_all.get("stored"),
-            catch_all.get("multiValued")) == ("*", "text_general", "false", "true", "true")
+    assert (
+        catch_all.get("name"),
+        catch_all.get("type"),
+        catch_all.get("indexed"),
+        catch_all.get("stored"),
+        catch_all.get("multiValued"),
+    ) == ("*", "text_general", "false", "true", "true")
 
 
 def test_transaction_and_budget_share_the_activity_fields_without_the_lake():
@@ -275,11 +280,22 @@ def test_lake_fields_exist_only_for_activities(client, solr):
 
 
 def test_accepts_valid_values_and_unknown_fields(client, solr):
-    client.add("activity", [{
-        **REQUIRED, "hierarchy": "+2", "humanitarian": "TRUE", "transaction_value": ["1e3", "-2.5", ".5"],
-        "last_updated_datetime": "2024-02-29T23:59:59.123Z", "location_point_latlon": ["-90,180"],
-        "iati_identifier": ["only-one"], "dstore_extension_attribute": "kept", "title_narrative": [],
-    }])
+    client.add(
+        "activity",
+        [
+            {
+                **REQUIRED,
+                "hierarchy": "+2",
+                "humanitarian": "TRUE",
+                "transaction_value": ["1e3", "-2.5", ".5"],
+                "last_updated_datetime": "2024-02-29T23:59:59.123Z",
+                "location_point_latlon": ["-90,180"],
+                "iati_identifier": ["only-one"],
+                "dstore_extension_attribute": "kept",
+                "title_narrative": [],
+            }
+        ],
+    )
     (doc,) = solr.docs("activity")
     assert doc["hierarchy"] == 2
     assert doc["humanitarian"] is True
@@ -335,7 +351,7 @@ DOCS = [
         ('owner:"o\\"q"', {"3"}),
         ('tags:"red" AND owner:"bob"', {"2"}),
         ('tags:"red" OR tags:"green"', {"1", "2", "3"}),
-        ('tags:red tags:green', {"1", "2", "3"}),
+        ("tags:red tags:green", {"1", "2", "3"}),
         ('owner:"ann" AND NOT tags:"red"', {"4"}),
         ('owner:"ann" AND -tags:"red"', {"4"}),
         ('-owner:"ann"', {"2", "3"}),
@@ -377,8 +393,7 @@ def test_update_commands(solr):
     docs = [{**REQUIRED, "id": str(i)} for i in range(6)]
     assert client.post(url, json=docs).status_code == 200
     body = (
-        '{"delete": "0", "delete": ["1", "2"], "delete": {"id": "3"}, '
-        '"delete": {"query": "id:\\"4\\""}, "commit": {}}'
+        '{"delete": "0", "delete": ["1", "2"], "delete": {"id": "3"}, "delete": {"query": "id:\\"4\\""}, "commit": {}}'
     )
     response = client.post(url, content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 200, response.text
@@ -476,8 +491,15 @@ def test_on_update_sees_the_state_between_requests(client, solr):
     probe = SolrClient(solr.base_url, collections=write_collections(Settings()), max_retries=0)
 
     def hook(event):
-        seen.append((event.collection, event.added, event.deleted_ids, probe.count("activity"),
-                     threading.current_thread() is not threading.main_thread()))
+        seen.append(
+            (
+                event.collection,
+                event.added,
+                event.deleted_ids,
+                probe.count("activity"),
+                threading.current_thread() is not threading.main_thread(),
+            )
+        )
 
     solr.on_update = hook
     client.add("activity", [{**REQUIRED, "id": "x"}, {**REQUIRED, "id": "y"}])
@@ -502,7 +524,11 @@ def _create_collections(solr: SolrStandin, **env: str) -> subprocess.CompletedPr
     }
     return subprocess.run(
         ["bash", str(PROJECT / "solr" / "create-collections.sh")],
-        env=environment, capture_output=True, text=True, timeout=120, check=False,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -514,9 +540,12 @@ def test_create_collections_script_is_idempotent():
         assert sorted(solr.cores) == ["activity_1", "budget_1", "transaction_1"]
         assert sorted(solr.configsets) == ["activity_configset_1", "budget_configset_1", "transaction_configset_1"]
         assert solr.aliases == {
-            "activity_solrize": "activity_1", "activity": "activity_1",
-            "transaction_solrize": "transaction_1", "transaction": "transaction_1",
-            "budget_solrize": "budget_1", "budget": "budget_1",
+            "activity_solrize": "activity_1",
+            "activity": "activity_1",
+            "transaction_solrize": "transaction_1",
+            "transaction": "transaction_1",
+            "budget_solrize": "budget_1",
+            "budget": "budget_1",
         }
         changes = list(solr.admin_log)
 
@@ -525,8 +554,9 @@ def test_create_collections_script_is_idempotent():
         assert solr.admin_log == changes  # nothing created twice
 
         # The uploaded schemas are enforced through the refresher's write aliases.
-        with SolrClient(solr.base_url, auth=("admin", "pa55word"), collections=write_collections(Settings()),
-                        max_retries=0) as client:
+        with SolrClient(
+            solr.base_url, auth=("admin", "pa55word"), collections=write_collections(Settings()), max_retries=0
+        ) as client:
             client.add("activity", [{**REQUIRED, "iati_xml": "<iati-activity/>"}])
             with pytest.raises(SolrError, match="hierarchy"):
                 client.add("transaction", [{**REQUIRED, "hierarchy": "top"}])

@@ -11,7 +11,9 @@ H = "a" * 40
 
 @pytest.fixture
 def docs(db):
-    db.execute("INSERT INTO publisher (org_id, name, title, created, last_seen) VALUES ('o1', 'org', 'Org', now(), now())")
+    db.execute(
+        "INSERT INTO publisher (org_id, name, title, created, last_seen) VALUES ('o1', 'org', 'Org', now(), now())"
+    )
     for i in range(1, 4):
         db.execute(
             """INSERT INTO document (id, hash, url, first_seen, last_seen, publisher, name, cached_dataset_url)
@@ -27,9 +29,24 @@ def ids(rows) -> list[str]:
 
 
 def fail(db, doc_id: str, stage: str = "download", *, retryable: bool = True, max_attempts: int = 3, base: int = 0):
-    repo.record_outcomes(db, stage, [{"document_id": doc_id, "hash": H, "status": "failed", "code": "http_500",
-                                      "message": "boom", "retryable": retryable}],
-                         run_id="r", max_attempts=max_attempts, base_delay_s=base, max_delay_s=3600)
+    repo.record_outcomes(
+        db,
+        stage,
+        [
+            {
+                "document_id": doc_id,
+                "hash": H,
+                "status": "failed",
+                "code": "http_500",
+                "message": "boom",
+                "retryable": retryable,
+            }
+        ],
+        run_id="r",
+        max_attempts=max_attempts,
+        base_delay_s=base,
+        max_delay_s=3600,
+    )
     db.commit()
 
 
@@ -39,8 +56,11 @@ def test_stage_predicates_follow_the_document_journey(docs) -> None:
     db.execute("UPDATE document SET downloaded = now() WHERE id = 'd1'")
     assert ids(repo.ready_documents(db, "download")) == ["d2", "d3"]
     assert ids(repo.ready_documents(db, "validate")) == ["d1"]
-    db.execute("""INSERT INTO validation (id, document_id, document_hash, document_url, created, valid, report)
-                  VALUES (1, 'd1', %s, 'u', now(), true, '{}')""", (H,))
+    db.execute(
+        """INSERT INTO validation (id, document_id, document_hash, document_url, created, valid, report)
+                  VALUES (1, 'd1', %s, 'u', now(), true, '{}')""",
+        (H,),
+    )
     db.execute("UPDATE document SET validation = 1 WHERE id = 'd1'")
     assert ids(repo.ready_documents(db, "validate")) == []
     assert ids(repo.ready_documents(db, "clean")) == ["d1"]
@@ -71,7 +91,9 @@ def test_claims_are_exclusive_and_expire(docs) -> None:
     assert ids(repo.ready_documents(db, "download", owner="run-a")) == ["d1", "d2"]
     # the same owner (an Airflow retry of the batch) can take its claim again
     assert sorted(repo.claim(db, ["d1"], "download", "run-a", 3600)) == ["d1"]
-    db.execute("UPDATE document_claim SET expires_at = now() AT TIME ZONE 'UTC' - interval '1 second' WHERE owner = 'run-a'")
+    db.execute(
+        "UPDATE document_claim SET expires_at = now() AT TIME ZONE 'UTC' - interval '1 second' WHERE owner = 'run-a'"
+    )
     assert sorted(repo.claim(db, ["d1", "d2"], "download", "run-b", 3600)) == ["d1", "d2"]
     repo.release(db, ["d1", "d2", "d3"], "run-b")
     assert db.execute("SELECT count(*) AS n FROM document_claim").fetchone()["n"] == 0
@@ -118,7 +140,9 @@ def test_an_outside_reset_revives_a_parked_document(docs) -> None:
     db.execute("UPDATE document SET downloaded = now(), clean_end = now(), flatten_api_error = 1 WHERE id = 'd1'")
     fail(db, "d1", "flatten", retryable=False)
     assert ids(repo.ready_documents(db, "flatten")) == []
-    db.execute("UPDATE document SET flatten_start = NULL, flatten_end = NULL, flatten_api_error = NULL")  # clear-flattener
+    db.execute(
+        "UPDATE document SET flatten_start = NULL, flatten_end = NULL, flatten_api_error = NULL"
+    )  # clear-flattener
     assert ids(repo.ready_documents(db, "flatten")) == ["d1"]
 
 
@@ -148,9 +172,13 @@ def test_validation_rows_are_append_only_and_the_document_points_at_the_latest(d
     first = repo.save_validation(db, doc, {"valid": False, "fileType": "iati-activities"}, api_error=422)
     db.execute("UPDATE document SET regenerate_validation_report = true")
     second = repo.save_validation(db, doc, {"valid": True}, api_error=None, schema_valid=True)
-    rows = db.execute("SELECT id, valid, document_id, document_hash, publisher, publisher_name FROM validation ORDER BY id").fetchall()
+    rows = db.execute(
+        "SELECT id, valid, document_id, document_hash, publisher, publisher_name FROM validation ORDER BY id"
+    ).fetchall()
     assert [r["id"] for r in rows] == [first, second]
     assert rows[1]["publisher"] == "o1" and rows[1]["publisher_name"] == "org"
-    d1 = db.execute("SELECT validation, regenerate_validation_report, file_schema_valid FROM document WHERE id='d1'").fetchone()
+    d1 = db.execute(
+        "SELECT validation, regenerate_validation_report, file_schema_valid FROM document WHERE id='d1'"
+    ).fetchone()
     assert d1 == {"validation": second, "regenerate_validation_report": False, "file_schema_valid": True}
     assert repo.latest_report_for_hash(db, H)["id"] == second

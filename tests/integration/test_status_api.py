@@ -17,8 +17,12 @@ from iati_refresher.db import repository as repo
 from tests.support import services
 
 SEEN = datetime(2026, 3, 1, 12, 0, 0)
-ROUTES = ["/iati-status/api/datasets", "/iati-status/api/datasets/anything", "/iati-status/api/summary",
-          "/iati-status/metrics"]
+ROUTES = [
+    "/iati-status/api/datasets",
+    "/iati-status/api/datasets/anything",
+    "/iati-status/api/summary",
+    "/iati-status/metrics",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -66,9 +70,24 @@ def admin(client) -> TestClient:
 
 
 def outcome(conn, doc, stage, status_, code=None, message=None, *, retryable=False):
-    repo.record_outcomes(conn, stage, [{"document_id": doc["id"], "hash": doc["hash"], "status": status_,
-                                        "code": code, "message": message, "retryable": retryable}],
-                         run_id="scheduled__1", max_attempts=5, base_delay_s=600, max_delay_s=86400)
+    repo.record_outcomes(
+        conn,
+        stage,
+        [
+            {
+                "document_id": doc["id"],
+                "hash": doc["hash"],
+                "status": status_,
+                "code": code,
+                "message": message,
+                "retryable": retryable,
+            }
+        ],
+        run_id="scheduled__1",
+        max_attempts=5,
+        base_delay_s=600,
+        max_delay_s=86400,
+    )
 
 
 @pytest.fixture
@@ -78,18 +97,41 @@ def seeded(db):
     repo.upsert_publisher(db, {"org_id": "XM-DAC-1", "name": "meadowlark", "title": "Meadowlark Trust"}, SEEN)
     repo.upsert_publisher(db, {"org_id": "XM-DAC-2", "name": "riverbend", "title": "Riverbend Water"}, SEEN)
     docs = {}
-    for n, (name, pub) in enumerate([("m-new", "XM-DAC-1"), ("m-indexed", "XM-DAC-1"), ("r-gone", "XM-DAC-2"),
-                                     ("r-flood", "XM-DAC-2"), ("<b>m-odd</b>", "XM-DAC-1")], start=1):
-        doc = {"id": f"id-{n}", "hash": f"{n:040x}", "name": name, "publisher": pub,
-               "url": f"https://publisher:pa55word@example.org/{n}.xml", "cached_dataset_url": None}
+    for n, (name, pub) in enumerate(
+        [
+            ("m-new", "XM-DAC-1"),
+            ("m-indexed", "XM-DAC-1"),
+            ("r-gone", "XM-DAC-2"),
+            ("r-flood", "XM-DAC-2"),
+            ("<b>m-odd</b>", "XM-DAC-1"),
+        ],
+        start=1,
+    ):
+        doc = {
+            "id": f"id-{n}",
+            "hash": f"{n:040x}",
+            "name": name,
+            "publisher": pub,
+            "url": f"https://publisher:pa55word@example.org/{n}.xml",
+            "cached_dataset_url": None,
+        }
         repo.upsert_document(db, doc, SEEN)
         docs[name] = doc
     ok = {"ok": True, "bytes": 10}
     d = docs["m-indexed"]
     repo.finish_download(db, [{"id": d["id"], "hash": d["hash"], **ok}])
-    repo.save_validation(db, d, {"valid": True, "fileType": "iati-activities", "iatiVersion": "2.03",
-                                 "summary": {"critical": 0, "error": 0, "warning": 0, "advisory": 0}},
-                         api_error=None, schema_valid=True)
+    repo.save_validation(
+        db,
+        d,
+        {
+            "valid": True,
+            "fileType": "iati-activities",
+            "iatiVersion": "2.03",
+            "summary": {"critical": 0, "error": 0, "warning": 0, "advisory": 0},
+        },
+        api_error=None,
+        schema_valid=True,
+    )
     repo.finish_clean(db, d, ok=True, error=None)
     repo.finish_flatten(db, d, ok=True, manifest=[], activities=4)
     repo.finish_lakify(db, d, ok=True, error=None)
@@ -102,9 +144,19 @@ def seeded(db):
     repo.set_schema_result(db, d["id"], d["hash"], valid=False, api_error=None)
     db.execute("UPDATE document SET downloaded = downloaded - interval '5 hours' WHERE id = %s", (d["id"],))
     db.execute("UPDATE publisher SET black_flag = %s WHERE org_id = 'XM-DAC-2'", (SEEN,))
-    repo.record_telemetry(db, {"run_id": "scheduled__1", "dag_id": "iati_refresh", "stage": "download",
-                               "started_at": SEEN, "finished_at": datetime(2026, 3, 1, 12, 1, 0),
-                               "documents_in": 3, "documents_ok": 2, "documents_failed": 1})
+    repo.record_telemetry(
+        db,
+        {
+            "run_id": "scheduled__1",
+            "dag_id": "iati_refresh",
+            "stage": "download",
+            "started_at": SEEN,
+            "finished_at": datetime(2026, 3, 1, 12, 1, 0),
+            "documents_in": 3,
+            "documents_ok": 2,
+            "documents_failed": 1,
+        },
+    )
     db.commit()
     return docs
 
@@ -227,8 +279,9 @@ def test_no_credentials_in_responses(admin, seeded, monkeypatch):
     assert "pa55word" not in body
     assert "https://example.org/1.xml" in body
     # A database that cannot be reached: a plain 503, nothing about the connection.
-    monkeypatch.setenv("AIRFLOW_CONN_REFRESHER_DB",
-                       f"postgresql://refresher:s3cret-pw@127.0.0.1:{services.free_port()}/refresher")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_REFRESHER_DB", f"postgresql://refresher:s3cret-pw@127.0.0.1:{services.free_port()}/refresher"
+    )
     for path in ROUTES:
         response = admin.get(path)
         assert response.status_code == 503
@@ -243,5 +296,6 @@ def test_the_plugin_is_registered_as_a_menu_entry(admin):
     assert [(a["name"], a["url_prefix"]) for a in ours[0]["fastapi_apps"]] == [("IATI dataset status", "/iati-status")]
     views = ours[0]["external_views"]
     assert [(v["name"], v["category"], v["destination"], v["url_route"]) for v in views] == [
-        ("IATI datasets", "browse", "nav", "iati-datasets")]
+        ("IATI datasets", "browse", "nav", "iati-datasets")
+    ]
     assert views[0]["href"].endswith("/iati-status/")

@@ -19,8 +19,14 @@ def pub(org_id: str, name: str, title: str | None = None) -> dict:
 
 
 def ds(id_: str, publisher: str, hash_: str = "a" * 40, cached: str | None = "http://bds/x.xml") -> dict:
-    return {"id": id_, "name": f"ds-{id_}", "hash": hash_, "url": f"http://publisher/{id_}.xml",
-            "publisher": publisher, "cached_dataset_url": cached}
+    return {
+        "id": id_,
+        "name": f"ds-{id_}",
+        "hash": hash_,
+        "url": f"http://publisher/{id_}.xml",
+        "publisher": publisher,
+        "cached_dataset_url": cached,
+    }
 
 
 class Recorder:
@@ -30,7 +36,11 @@ class Recorder:
 
     def sync(self, db, snapshot: RegistrySnapshot, at: datetime, **kw):
         return sync_snapshot(
-            db, snapshot, seen_at=at, run_id="run-1", publisher_safety_share=kw.get("share", 0.5),
+            db,
+            snapshot,
+            seen_at=at,
+            run_id="run-1",
+            publisher_safety_share=kw.get("share", 0.5),
             document_safety_share=kw.get("share", 0.5),
             remove_version=lambda d, h: self.versions.append((d, h)),
             remove_dataset=lambda d, h: self.datasets.append((d, h)),
@@ -38,8 +48,9 @@ class Recorder:
 
 
 def snap(publishers, datasets, rejected=None) -> RegistrySnapshot:
-    return RegistrySnapshot(publishers=publishers, datasets=datasets, index_created=1, etag='"e"', source="bds",
-                            rejected=rejected or [])
+    return RegistrySnapshot(
+        publishers=publishers, datasets=datasets, index_created=1, etag='"e"', source="bds", rejected=rejected or []
+    )
 
 
 @pytest.fixture
@@ -48,8 +59,9 @@ def rec() -> Recorder:
 
 
 def test_adds_publishers_and_datasets_with_the_reference_mapping(db, rec) -> None:
-    result = rec.sync(db, snap([pub(ORG1, "org-1"), pub(ORG2, "org-2")],
-                               [ds("d1", ORG1), ds("d2", ORG2, hash_="", cached=None)]), T0)
+    result = rec.sync(
+        db, snap([pub(ORG1, "org-1"), pub(ORG2, "org-2")], [ds("d1", ORG1), ds("d2", ORG2, hash_="", cached=None)]), T0
+    )
     assert result.refused is None and sorted(result.added) == ["d1", "d2"]
     rows = {r["id"]: r for r in db.execute("SELECT * FROM document").fetchall()}
     assert rows["d1"]["hash"] == "a" * 40 and rows["d1"]["cached_dataset_url"] == "http://bds/x.xml"
@@ -67,9 +79,15 @@ def test_hash_change_resets_every_pipeline_column_and_drops_the_old_version(db, 
     db.execute("""UPDATE document SET downloaded = now(), flatten_end = now(), lakify_end = now(),
                   solrize_end = now(), clean_end = now(), file_schema_valid = true,
                   flattened_activities = '[]', solr_indexed_hash = hash WHERE id = 'd1'""")
-    repo.record_outcomes(db, "download", [{"document_id": "d1", "hash": "a" * 40, "status": "failed",
-                                           "code": "x", "retryable": True}],
-                         run_id=None, max_attempts=5, base_delay_s=1, max_delay_s=10)
+    repo.record_outcomes(
+        db,
+        "download",
+        [{"document_id": "d1", "hash": "a" * 40, "status": "failed", "code": "x", "retryable": True}],
+        run_id=None,
+        max_attempts=5,
+        base_delay_s=1,
+        max_delay_s=10,
+    )
     db.commit()
     changed = dict(ds("d1", ORG1, hash_="b" * 40), url="http://publisher/new.xml")
     result = rec.sync(db, snap([pub(ORG1, "org-1")], [changed]), T0 + timedelta(hours=1))
@@ -99,10 +117,17 @@ def test_unchanged_dataset_keeps_its_state_but_refreshes_the_cached_url(db, rec)
 
 
 def test_removed_dataset_and_publisher_leave_everywhere(db, rec) -> None:
-    rec.sync(db, snap([pub(ORG1, "org-1"), pub(ORG2, "org-2"), pub(ORG3, "org-3")],
-                      [ds("d1", ORG1), ds("d2", ORG2, hash_="c" * 40), ds("d3", ORG3)]), T0)
-    result = rec.sync(db, snap([pub(ORG1, "org-1"), pub(ORG3, "org-3")], [ds("d1", ORG1), ds("d3", ORG3)]),
-                      T0 + timedelta(hours=1))
+    rec.sync(
+        db,
+        snap(
+            [pub(ORG1, "org-1"), pub(ORG2, "org-2"), pub(ORG3, "org-3")],
+            [ds("d1", ORG1), ds("d2", ORG2, hash_="c" * 40), ds("d3", ORG3)],
+        ),
+        T0,
+    )
+    result = rec.sync(
+        db, snap([pub(ORG1, "org-1"), pub(ORG3, "org-3")], [ds("d1", ORG1), ds("d3", ORG3)]), T0 + timedelta(hours=1)
+    )
     assert result.removed == ["d2"] and result.publishers_removed == [ORG2]
     assert rec.datasets == [("d2", "c" * 40)]
     assert {r["id"] for r in db.execute("SELECT id FROM document")} == {"d1", "d3"}
@@ -110,8 +135,14 @@ def test_removed_dataset_and_publisher_leave_everywhere(db, rec) -> None:
 
 
 def test_sync_refused_when_more_than_half_vanish(db, rec) -> None:
-    rec.sync(db, snap([pub(ORG1, "org-1"), pub(ORG2, "org-2"), pub(ORG3, "org-3")],
-                      [ds("d1", ORG1), ds("d2", ORG2), ds("d3", ORG3)]), T0)
+    rec.sync(
+        db,
+        snap(
+            [pub(ORG1, "org-1"), pub(ORG2, "org-2"), pub(ORG3, "org-3")],
+            [ds("d1", ORG1), ds("d2", ORG2), ds("d3", ORG3)],
+        ),
+        T0,
+    )
     result = rec.sync(db, snap([pub(ORG1, "org-1")], [ds("d1", ORG1)]), T0 + timedelta(hours=1))
     assert result.refused and "below 50%" in result.refused
     assert repo.count_documents(db) == 3 and repo.count_publishers(db) == 3

@@ -34,8 +34,15 @@ def client(standin: ValidatorStandin) -> Iterator[ValidatorClient]:
 
 
 def doc(**changes: object) -> dict:
-    return {"id": "doc-1", "hash": "h", "downloaded": NOW - timedelta(hours=3), "file_schema_valid": None,
-            "black_flag": None, "regenerate_validation_report": False, **changes}
+    return {
+        "id": "doc-1",
+        "hash": "h",
+        "downloaded": NOW - timedelta(hours=3),
+        "file_schema_valid": None,
+        "black_flag": None,
+        "regenerate_validation_report": False,
+        **changes,
+    }
 
 
 # --- the contract ---------------------------------------------------------------------------------
@@ -118,7 +125,8 @@ def test_stage_keeps_report_for_valid_file(client: ValidatorClient, standin: Val
     assert (outcome.data["schema_valid"], outcome.data["api_error"]) == (True, None)
     assert outcome.data["report"]["valid"] is True
     assert [(r.path, r.query) for r in standin.requests] == [
-        ("/api/pvt/schema-validate-file", {}), ("/api/pub/validate", {}),
+        ("/api/pvt/schema-validate-file", {}),
+        ("/api/pub/validate", {}),
     ]
 
 
@@ -140,12 +148,14 @@ def test_stage_waits_without_full_validation_inside_the_safety_period(
     assert [r.path for r in standin.requests] == ["/api/pvt/schema-validate-file"]
 
 
-def test_stage_skips_a_file_over_the_size_limit_once(client: ValidatorClient, standin: ValidatorStandin,
-                                                     tmp_path: Path) -> None:
+def test_stage_skips_a_file_over_the_size_limit_once(
+    client: ValidatorClient, standin: ValidatorStandin, tmp_path: Path
+) -> None:
     big = tmp_path / "big.xml"
     activity = VALID.read_text().split("<iati-activity", 2)[2].rsplit("</iati-activities>", 1)[0]
-    big.write_text(VALID.read_text().replace("</iati-activities>", ("<iati-activity" + activity) * 200
-                                             + "</iati-activities>"))
+    big.write_text(
+        VALID.read_text().replace("</iati-activities>", ("<iati-activity" + activity) * 200 + "</iati-activities>")
+    )
     assert big.stat().st_size > standin.max_bytes
 
     outcome = validate_document(doc(file_schema_valid=True), str(big), client, SETTINGS, now=NOW)
@@ -173,7 +183,11 @@ def test_stage_gives_up_on_auth_failure(standin: ValidatorStandin) -> None:
     with ValidatorClient(standin.url, key="wrong") as wrong:
         outcome = validate_document(doc(), str(VALID), wrong, SETTINGS, now=NOW)
     assert (outcome.status, outcome.code, outcome.retryable, outcome.data["phase"]) == (
-        "failed", "http_401", False, "schema")
+        "failed",
+        "http_401",
+        False,
+        "schema",
+    )
 
 
 @pytest.mark.parametrize("status", [500, 503])

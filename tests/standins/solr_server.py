@@ -125,8 +125,10 @@ class Schema:
         if name in self.fields:
             return self.fields[name]
         for pattern, definition in self.dynamic:
-            if pattern == "*" or (pattern.startswith("*") and name.endswith(pattern[1:])) or (
-                pattern.endswith("*") and name.startswith(pattern[:-1])
+            if (
+                pattern == "*"
+                or (pattern.startswith("*") and name.endswith(pattern[1:]))
+                or (pattern.endswith("*") and name.startswith(pattern[:-1]))
             ):
                 return definition
         return None
@@ -150,7 +152,8 @@ class Schema:
                 continue
             if len(values) > 1 and not definition.multi:
                 raise SolrRequestError(
-                    400, f"ERROR: [doc={label}] multiple values encountered for non multiValued field {name}: "
+                    400,
+                    f"ERROR: [doc={label}] multiple values encountered for non multiValued field {name}: "
                     f"{json.dumps(values)[:200]}",
                 )
             converted = [_convert(definition, name, v, label) for v in values]
@@ -239,7 +242,7 @@ def _convert(definition: FieldDef, name: str, value: Any, label: str) -> Any:
 
 Matcher = Callable[[dict[str, Any]], bool]
 _TOKEN = re.compile(
-    r'\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<op>AND\b|OR\b|NOT\b|&&|\|\|)|(?P<prefix>[-+!])'
+    r"\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<op>AND\b|OR\b|NOT\b|&&|\|\|)|(?P<prefix>[-+!])"
     r'|(?P<field>(?:\\.|[^\s:()"])+):|(?P<phrase>"(?:\\.|[^"\\])*")|(?P<term>(?:\\.|[^\s()"])+))'
 )
 
@@ -414,9 +417,7 @@ class SolrStandin:
         self.on_update: Callable[[UpdateEvent], None] | None = None
         self.update_requests = 0
         self.requests = 0
-        self._auth = (
-            "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else None
-        )
+        self._auth = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else None
         self._lock = threading.RLock()
         self._faults = _Faults()
         self._server: ThreadingHTTPServer | None = None
@@ -640,7 +641,6 @@ class SolrStandin:
         return answer
 
 
-
 def _commands(payload: Any) -> list[tuple[str, Any]]:
     """The update commands of a JSON body, in order: ("add", doc) / ("delete_id", id) / ("delete_query", q)."""
     if isinstance(payload, list) and (not payload or not _is_pairs(payload)):
@@ -800,11 +800,17 @@ class _Handler(BaseHTTPRequestHandler):
                 raise SolrRequestError(404, f"no handler for {url.path}")
             self._send(200, answer)
         except SolrRequestError as exc:
-            self._send(exc.status, {
-                "responseHeader": {"status": exc.status, "QTime": 0},
-                "error": {"metadata": ["error-class", "org.apache.solr.common.SolrException"],
-                          "msg": exc.message, "code": exc.status},
-            })
+            self._send(
+                exc.status,
+                {
+                    "responseHeader": {"status": exc.status, "QTime": 0},
+                    "error": {
+                        "metadata": ["error-class", "org.apache.solr.common.SolrException"],
+                        "msg": exc.message,
+                        "code": exc.status,
+                    },
+                },
+            )
         except (BrokenPipeError, ConnectionResetError):
             pass
 

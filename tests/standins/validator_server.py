@@ -189,10 +189,18 @@ def _make_handler(standin: ValidatorStandin) -> type[BaseHTTPRequestHandler]:
                 size, head = self._read_body(body)
             try:
                 key_ok = self._key_ok()
-                standin._log(LoggedRequest(
-                    "POST", parts.path, query, size, self.headers.get("Content-Type"), key_ok,
-                    self.client_address[1], head,
-                ))
+                standin._log(
+                    LoggedRequest(
+                        "POST",
+                        parts.path,
+                        query,
+                        size,
+                        self.headers.get("Content-Type"),
+                        key_ok,
+                        self.client_address[1],
+                        head,
+                    )
+                )
                 scripted = standin._next_scripted()
                 if scripted is not None:
                     if scripted.delay_s:

@@ -80,11 +80,7 @@ def _sha1(text: str | bytes) -> str:
 
 def _normalise(row: Mapping[str, Any], drop: Iterable[str] = ()) -> dict[str, Any]:
     dropped = set(drop)
-    return {
-        k: (True if isinstance(v, datetime | date) else v)
-        for k, v in row.items()
-        if k not in dropped
-    }
+    return {k: (True if isinstance(v, datetime | date) else v) for k, v in row.items() if k not in dropped}
 
 
 def _replace(text: str, replacements: Mapping[str, str]) -> str:
@@ -107,17 +103,13 @@ def database_digest(conninfo: str, replacements: Mapping[str, str] | None = None
     parts: dict[str, dict[str, str]] = {}
     with psycopg.connect(conninfo, row_factory=dict_row) as conn:
         publishers = conn.execute("SELECT * FROM publisher ORDER BY org_id").fetchall()
-        parts["publisher"] = {
-            r["org_id"]: _hashed(_normalise(r), rep) for r in publishers
-        }
+        parts["publisher"] = {r["org_id"]: _hashed(_normalise(r), rep) for r in publishers}
         documents = conn.execute(
             """SELECT d.*, v.valid AS points_at_valid, v.report AS points_at_report,
                       v.document_hash AS points_at_hash
                  FROM document d LEFT JOIN validation v ON v.id = d.validation ORDER BY d.id"""
         ).fetchall()
-        parts["document"] = {
-            r["id"]: _hashed(_normalise(r, drop=("validation",)), rep) for r in documents
-        }
+        parts["document"] = {r["id"]: _hashed(_normalise(r, drop=("validation",)), rep) for r in documents}
         stages = conn.execute("SELECT * FROM document_stage ORDER BY document_id, stage").fetchall()
         parts["document_stage"] = {
             f"{r['document_id']}/{r['stage']}": _hashed(_normalise(r, drop=RUN_SPECIFIC), rep) for r in stages
@@ -154,7 +146,9 @@ def blob_digest(store: Any, containers: Mapping[str, str]) -> Digest:
     """
     parts: dict[str, dict[str, str]] = {}
     for role, container in sorted(containers.items()):
-        parts[f"blob:{role}"] = {name: _sha1(store.get_bytes(container, name)) for name in sorted(store.list(container))}
+        parts[f"blob:{role}"] = {
+            name: _sha1(store.get_bytes(container, name)) for name in sorted(store.list(container))
+        }
     return Digest(parts)
 
 

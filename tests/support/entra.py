@@ -42,18 +42,27 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -87,11 +96,20 @@ class EntraStandin:
 
     def access_token(self, resource: str) -> str:
         now = int(time.time())
-        claims = {"aud": resource, "iss": ISSUER, "iat": now, "nbf": now - 60, "exp": now + 3600,
-                  "appid": self.client_id, "tid": TENANT, "ver": "1.0"}
+        claims = {
+            "aud": resource,
+            "iss": ISSUER,
+            "iat": now,
+            "nbf": now - 60,
+            "exp": now + 3600,
+            "appid": self.client_id,
+            "tid": TENANT,
+            "ver": "1.0",
+        }
         header = {"typ": "JWT", "alg": "RS256"}
-        return ".".join((_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()),
-                         _b64url(b"stand-in signature")))
+        return ".".join(
+            (_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()), _b64url(b"stand-in signature"))
+        )
 
     def _token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         self.token_requests.append({k: v for k, v in form.items() if k != "client_secret"})
@@ -105,8 +123,12 @@ class EntraStandin:
         resource = scope.split()[0].removesuffix("/.default") if scope else ""
         if not resource:
             return 400, {"error": "invalid_scope"}
-        return 200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
-                     "access_token": self.access_token(resource)}
+        return 200, {
+            "token_type": "Bearer",
+            "expires_in": 3599,
+            "ext_expires_in": 3599,
+            "access_token": self.access_token(resource),
+        }
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self
@@ -123,9 +145,15 @@ class EntraStandin:
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/adfs/.well-known/openid-configuration":
                     base = f"{standin.authority_host}/adfs"
-                    self._send(200, {"issuer": base, "token_endpoint": f"{base}/oauth2/token",
-                                     "authorization_endpoint": f"{base}/oauth2/authorize",
-                                     "device_authorization_endpoint": f"{base}/oauth2/devicecode"})
+                    self._send(
+                        200,
+                        {
+                            "issuer": base,
+                            "token_endpoint": f"{base}/oauth2/token",
+                            "authorization_endpoint": f"{base}/oauth2/authorize",
+                            "device_authorization_endpoint": f"{base}/oauth2/devicecode",
+                        },
+                    )
                 else:
                     self._send(404, {"error": "not_found"})
 

@@ -112,17 +112,17 @@ def external_dtd(url: str) -> bytes:
 
 def billion_laughs(levels: int = 10) -> bytes:
     """Nested entities that expand to 10**levels copies of "lol"."""
-    entities = ['<!ENTITY lol0 "lol">'] + [
-        f'<!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">' for n in range(1, levels)
-    ]
+    entities = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{n} "{f"&lol{n - 1};" * 10}">' for n in range(1, levels)]
     prolog = "<!DOCTYPE iati-activities [\n " + "\n ".join(entities) + "\n]>\n"
     return utf8(activity("XX-HOSTILE-LAUGHS", title=f"&lol{levels - 1};"), prolog=prolog)
 
 
 def xinclude(secret_path: str | os.PathLike[str]) -> bytes:
     """An XInclude element (foreign namespace, so schema-valid) pointing at a local file."""
-    markup = (f'\n   <xi:include xmlns:xi="http://www.w3.org/2001/XInclude" parse="text" '
-              f'href="file://{Path(secret_path).resolve()}"/>')
+    markup = (
+        f'\n   <xi:include xmlns:xi="http://www.w3.org/2001/XInclude" parse="text" '
+        f'href="file://{Path(secret_path).resolve()}"/>'
+    )
     return utf8(activity("XX-HOSTILE-XINCLUDE", inside_budget=markup))
 
 
@@ -137,8 +137,10 @@ def truncated() -> bytes:
 
 
 def not_iati() -> bytes:
-    return (DECLARATION + '<rss version="2.0"><channel><title>Publisher news</title>'
-            "<item><title>New report</title></item></channel></rss>\n").encode()
+    return (
+        DECLARATION + '<rss version="2.0"><channel><title>Publisher news</title>'
+        "<item><title>New report</title></item></channel></rss>\n"
+    ).encode()
 
 
 def empty() -> bytes:

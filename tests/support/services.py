@@ -43,10 +43,24 @@ def _work_dir() -> str:
     return _session_dir
 
 
+#: Set by `make test-fast`: the unit tier uses no server at all, and a test that asks for one
+#: fails at once, saying so (instead of starting PostgreSQL, Redis or Azurite).
+NO_SERVICES = "REFRESHER_TEST_NO_SERVICES"
+
+
+def refuse_in_unit_tier(what: str) -> None:
+    if os.environ.get(NO_SERVICES):
+        raise RuntimeError(
+            f"{what}: this test tier uses no services ({NO_SERVICES} is set); the test needs the "
+            "`services` marker (or one of the service fixtures, which add it) to run in `make test` only"
+        )
+
+
 def _session_server(variable: str, start: Callable[[], Any], address: Callable[[Any], str]) -> str:
     """The address in ``variable`` when set; else a server of the session's, started once and
     stopped at exit.  The variable is then set, so processes the tests start (Airflow
     components, benchmarks) use the same server."""
+    refuse_in_unit_tier(variable)
     explicit = os.environ.get(variable)
     if explicit:
         return explicit
@@ -62,14 +76,19 @@ def _session_server(variable: str, start: Callable[[], Any], address: Callable[[
 def pg_admin() -> str:
     """The conninfo of a PostgreSQL superuser session on the tests' server (started on demand)."""
     return _session_server(
-        "REFRESHER_TEST_PG", lambda: LocalPostgres(Path(_work_dir()) / "pg", free_port(), durable=False).start(),
-        lambda server: server.conninfo())
+        "REFRESHER_TEST_PG",
+        lambda: LocalPostgres(Path(_work_dir()) / "pg", free_port(), durable=False).start(),
+        lambda server: server.conninfo(),
+    )
 
 
 def redis_url() -> str:
     """A Redis server for the test session (the Celery broker), started on demand."""
-    return _session_server("REFRESHER_TEST_REDIS", lambda: LocalRedis(Path(_work_dir()) / "redis", free_port()).start(),
-                           lambda server: server.url)
+    return _session_server(
+        "REFRESHER_TEST_REDIS",
+        lambda: LocalRedis(Path(_work_dir()) / "redis", free_port()).start(),
+        lambda server: server.url,
+    )
 
 
 def _admin() -> psycopg.Connection:
@@ -143,15 +162,37 @@ class Azurite:
         )
 
     def start(self) -> Azurite:
+        refuse_in_unit_tier("Azurite")
         binary = azurite_binary().parent / "azurite"
         self.proc = subprocess.Popen(
-            [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
-             "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
-             "--tableHost", "127.0.0.1", "--tablePort", str(free_port()),
-             *(["--inMemoryPersistence"] if self.in_memory else ["--location", self.location]),
-             *(["--oauth", "basic", "--cert", str(self.https[0]), "--key", str(self.https[1])] if self.https else []),
-             "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                str(binary),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.blob_port),
+                "--queueHost",
+                "127.0.0.1",
+                "--queuePort",
+                str(self.queue_port),
+                "--tableHost",
+                "127.0.0.1",
+                "--tablePort",
+                str(free_port()),
+                *(["--inMemoryPersistence"] if self.in_memory else ["--location", self.location]),
+                *(
+                    ["--oauth", "basic", "--cert", str(self.https[0]), "--key", str(self.https[1])]
+                    if self.https
+                    else []
+                ),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+                "--silent",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """Failure alerts through the real slack provider hook, posted to a loopback Slack stand-in.
 
 Contexts are built the way Airflow builds them for a callback: a ``RuntimeTaskInstance``
-of a real (mapped) task and its ``get_template_context()``.
+of a real (mapped) task and its ``get_template_context()`` (public SDK modules only: no
+run context from the API server, which the alerts do not read).
 """
 
 from __future__ import annotations
@@ -33,30 +34,35 @@ def slack(monkeypatch):
         yield server
 
 
-def callback_context(*, state: str = "failed", map_index: int = 3, try_number: int = 2,
-                     rendered_map_index: str | None = "meadowlark-activities +2",
-                     exception: BaseException | None = None) -> dict:
+def callback_context(
+    *,
+    state: str = "failed",
+    map_index: int = 3,
+    try_number: int = 2,
+    rendered_map_index: str | None = "meadowlark-activities +2",
+    exception: BaseException | None = None,
+) -> dict:
     """The context a failure callback receives for a task instance of a mapped task."""
     from airflow.sdk import DAG, task
-    from airflow.sdk.api.datamodels._generated import DagRun, TIRunContext
     from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
     with DAG("iati_refresh", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC")) as dag:
+
         @task
         def download(batch: dict) -> None: ...
 
         download.expand(batch=[{}, {}])
-    now = pendulum.datetime(2026, 3, 1, 12, tz="UTC")
-    dag_run = DagRun.model_construct(
-        dag_id=dag.dag_id, run_id=RUN_ID, logical_date=now, data_interval_start=now, data_interval_end=now,
-        run_after=now, start_date=now, run_type="scheduled", state="failed", consumed_asset_events=[], conf={},
-        partition_key=None, partition_date=None, triggering_user_name=None, clear_number=0, note=None,
-    )
     ti = RuntimeTaskInstance.model_construct(
-        id=uuid.uuid4(), dag_version_id=uuid.uuid4(), task_id="download", dag_id=dag.dag_id, run_id=RUN_ID,
-        try_number=try_number, map_index=map_index, state=state, rendered_map_index=rendered_map_index,
+        id=uuid.uuid4(),
+        dag_version_id=uuid.uuid4(),
+        task_id="download",
+        dag_id=dag.dag_id,
+        run_id=RUN_ID,
+        try_number=try_number,
+        map_index=map_index,
+        state=state,
+        rendered_map_index=rendered_map_index,
         task=dag.get_task("download"),
-        _ti_context_from_server=TIRunContext.model_construct(dag_run=dag_run, max_tries=2),
     )
     context = ti.get_template_context()
     context["reason"] = "task_failure"
@@ -98,7 +104,8 @@ def test_dag_failure_without_a_task_still_pages(slack):
     context = {"dag": DAG("iati_refresh", schedule=None), "run_id": RUN_ID, "reason": "all_tasks_deadlocked"}
     alerts.on_failure(context)
     assert [m.text for m in slack.messages] == [
-        f":red_circle: *iati_refresh* run `{RUN_ID}` failed: all_tasks_deadlocked"]
+        f":red_circle: *iati_refresh* run `{RUN_ID}` failed: all_tasks_deadlocked"
+    ]
 
 
 def test_the_connection_form_shape_works_too(monkeypatch):
@@ -129,9 +136,11 @@ def test_a_slack_error_does_not_raise(slack, caplog, status, error):
 
 def test_slack_unreachable_does_not_raise(monkeypatch, caplog):
     port = services.free_port()  # nothing listens there
-    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ONCALL",
-                       f'{{"conn_type": "slackwebhook", "password": "http://127.0.0.1:{port}/services/T/B/C", '
-                       '"extra": {"timeout": 2}}')
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SLACK_ONCALL",
+        f'{{"conn_type": "slackwebhook", "password": "http://127.0.0.1:{port}/services/T/B/C", '
+        '"extra": {"timeout": 2}}',
+    )
     with caplog.at_level(logging.ERROR, logger="iati_refresher.alerts"):
         alerts.on_failure(callback_context())
     assert any("could not post the failure alert" in r.getMessage() for r in caplog.records)

@@ -138,9 +138,17 @@ stages = _load_stages()
 
 def write_checkout(root: Path, **overrides: str) -> Path:
     """A fake reference checkout; ``overrides`` (``library__flatten=...``) replace module sources."""
-    sources = {"library/__init__.py": "", "library/flatten.py": FLATTEN, "library/lakify.py": LAKIFY,
-               "library/clean.py": CLEAN, "library/solrize.py": SOLRIZE, "library/db.py": DB,
-               "pysolr.py": PYSOLR, "constants/__init__.py": "", "constants/config.py": CONFIG}
+    sources = {
+        "library/__init__.py": "",
+        "library/flatten.py": FLATTEN,
+        "library/lakify.py": LAKIFY,
+        "library/clean.py": CLEAN,
+        "library/solrize.py": SOLRIZE,
+        "library/db.py": DB,
+        "pysolr.py": PYSOLR,
+        "constants/__init__.py": "",
+        "constants/config.py": CONFIG,
+    }
     for name, text in overrides.items():
         sources[name.replace("__", "/") + ".py"] = text
     for name, text in sources.items():
@@ -246,8 +254,9 @@ def test_measure_runs_the_reference_in_a_subprocess_with_its_environment(tmp_pat
     config = 'import os\nconfig = {"STORAGE": os.environ["REFERENCE_ONLY_SETTING"], "CLEAN": "clean"}\n'
     src = stages.reference_src(write_checkout(tmp_path / "ref", constants__config=config))
     env_file = tmp_path / "reference.env"
-    env_file.write_text("# the reference's settings\nexport REFERENCE_ONLY_SETTING='UseDevelopmentStorage=true'\n",
-                        encoding="utf-8")
+    env_file.write_text(
+        "# the reference's settings\nexport REFERENCE_ONLY_SETTING='UseDevelopmentStorage=true'\n", encoding="utf-8"
+    )
     reference = {"src": src, "python": sys.executable, "env": stages.load_env_file(env_file)}
     result = stages.measure("lakify", source, 3, 1, reference=reference)
     assert result["activities"] == 3
@@ -257,7 +266,7 @@ def test_measure_runs_the_reference_in_a_subprocess_with_its_environment(tmp_pat
 
 def test_env_files_are_read_as_key_value_lines(tmp_path: Path) -> None:
     path = tmp_path / ".env"
-    path.write_text('A=1\n# comment\n\nexport B="two words"\nC=\'x=y\'\nnot a setting\n', encoding="utf-8")
+    path.write_text("A=1\n# comment\n\nexport B=\"two words\"\nC='x=y'\nnot a setting\n", encoding="utf-8")
     assert stages.load_env_file(path) == {"A": "1", "B": "two words", "C": "x=y"}
 
 
@@ -271,12 +280,16 @@ def test_serialising_solr_counts_what_would_be_sent() -> None:
     assert list(solr.iter_ids("activity", "*:*")) == []
     assert solr.add("activity", [{"id": "a", "title": "\u00e9t\u00e9"}, {"id": "b"}]) == 2
     assert solr.documents == 2
-    assert solr.request_bytes == len(json.dumps([{"id": "a", "title": "\u00e9t\u00e9"}, {"id": "b"}],
-                                                ensure_ascii=False, separators=(",", ":")).encode())
+    assert solr.request_bytes == len(
+        json.dumps(
+            [{"id": "a", "title": "\u00e9t\u00e9"}, {"id": "b"}], ensure_ascii=False, separators=(",", ":")
+        ).encode()
+    )
 
 
-def test_index_runs_the_reference_solrize_on_input_from_its_own_flatten_and_lakify(tmp_path: Path,
-                                                                                  source: Path) -> None:
+def test_index_runs_the_reference_solrize_on_input_from_its_own_flatten_and_lakify(
+    tmp_path: Path, source: Path
+) -> None:
     root = write_checkout(tmp_path / "refresher")
     result = stages.run_reference_stage("index-docs", stages.reference_src(root), str(source), 3)
     assert result["requests"] == 3  # one add per activity, each answered by the recorder

@@ -12,25 +12,51 @@ SPEC.loader.exec_module(report)
 
 
 def _stage(name: str, docs: int) -> dict:
-    return {"stage": name, "batches": 1 if docs else 0, "documents": docs, "ok": docs, "skipped": 0, "failed": 0,
-            "activities": docs * 10, "span_s": 2.5 if docs else 0.04, "docs_per_s": docs / 2.5,
-            "activities_per_s": docs * 4.0}
+    return {
+        "stage": name,
+        "batches": 1 if docs else 0,
+        "documents": docs,
+        "ok": docs,
+        "skipped": 0,
+        "failed": 0,
+        "activities": docs * 10,
+        "span_s": 2.5 if docs else 0.04,
+        "docs_per_s": docs / 2.5,
+        "activities_per_s": docs * 4.0,
+    }
 
 
 def _results(docs: int) -> dict:
     return {
         "blob": "azurite",
-        "corpus": {"datasets": 3, "publishers": 1, "per_kind": {"valid": 3}, "activities": 30, "bytes": 3_000_000,
-                   "median_bytes": 1_000_000, "largest_bytes": 1_500_000},
-        "scenarios": [{
-            "scenario": "changed", "state": "success", "wall_s": 12.5, "task_bodies_s": 10.0,
-            "outside_task_bodies_s": 2.5, "airflow_share": 0.2, "dag_test_idle_polls_s": 0.0,
-            "airflow": {"task_instances": 17}, "load_average": [1.0, 1.5],
-            "stages": [_stage("flatten", docs), _stage("index", docs)],
-            "cpu_s": {"azurite": 3.2, "stage_workers": -0.0}, "worker_peak_rss_mb": 80.0, "workers_seen": 2,
-            "task_process_peak_rss_mb": 300.0,
-            "searchable": {"changed": 3, "searchable": 3, "median_s": 9.0, "max_s": 11.0} if docs else None,
-        }],
+        "corpus": {
+            "datasets": 3,
+            "publishers": 1,
+            "per_kind": {"valid": 3},
+            "activities": 30,
+            "bytes": 3_000_000,
+            "median_bytes": 1_000_000,
+            "largest_bytes": 1_500_000,
+        },
+        "scenarios": [
+            {
+                "scenario": "changed",
+                "state": "success",
+                "wall_s": 12.5,
+                "task_bodies_s": 10.0,
+                "outside_task_bodies_s": 2.5,
+                "airflow_share": 0.2,
+                "dag_test_idle_polls_s": 0.0,
+                "airflow": {"task_instances": 17},
+                "load_average": [1.0, 1.5],
+                "stages": [_stage("flatten", docs), _stage("index", docs)],
+                "cpu_s": {"azurite": 3.2, "stage_workers": -0.0},
+                "worker_peak_rss_mb": 80.0,
+                "workers_seen": 2,
+                "task_process_peak_rss_mb": 300.0,
+                "searchable": {"changed": 3, "searchable": 3, "median_s": 9.0, "max_s": 11.0} if docs else None,
+            }
+        ],
     }
 
 

@@ -40,9 +40,11 @@ def activity(identifier: str = "XM-EXAMPLE-1-X", title: str = "t", dates: str = 
 
 
 def document(*children: str, version: str = "2.03", root: str = "iati-activities", extra: str = "") -> str:
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} version="{version}"{extra}>\n' + "\n".join(
-        children
-    ) + f"\n</{root}>\n"
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} version="{version}"{extra}>\n'
+        + "\n".join(children)
+        + f"\n</{root}>\n"
+    )
 
 
 def write(tmp_path: Path, content: str | bytes, name: str = "doc.xml") -> Path:
@@ -192,8 +194,14 @@ def test_streaming_finds_exactly_what_whole_document_validation_finds() -> None:
         ((activity(), '<e:x xmlns:e="urn:x"/>', "<unexpected/>"), "Element 'unexpected': This element is not"),
         (('<e:x xmlns:e="urn:x"/>',), "Element '{urn:x}x': This element is not expected."),
     ],
-    ids=["no-children", "stray-text", "unexpected-first", "unexpected-later", "unexpected-after-extension",
-         "extension-first"],
+    ids=[
+        "no-children",
+        "stray-text",
+        "unexpected-first",
+        "unexpected-later",
+        "unexpected-after-extension",
+        "extension-first",
+    ],
 )
 def test_root_content_model_is_checked_like_whole_document_validation(
     tmp_path: Path, children: tuple[str, ...], expected: str
@@ -367,8 +375,11 @@ def test_single_byte_file_is_decoded_from_its_real_encoding(tmp_path: Path) -> N
     status, _ = validate_file(path, meta=False)
 
     assert status == 200
-    bad = write(tmp_path, document(activity(title="Caf\u00e9", dates=BAD_DATE)).replace("UTF-8", "ISO-8859-1")
-                .encode("latin-1"), "bad.xml")
+    bad = write(
+        tmp_path,
+        document(activity(title="Caf\u00e9", dates=BAD_DATE)).replace("UTF-8", "ISO-8859-1").encode("latin-1"),
+        "bad.xml",
+    )
     _, bad_report = validate_file(bad, meta=False)
     assert bad_report["errors"][0]["title"] == "Caf\u00e9"
 
@@ -401,9 +412,7 @@ def test_an_empty_file_is_refused_like_the_api_does_without_a_report(tmp_path: P
 # --- streaming and schemas -------------------------------------------------------------------------
 
 
-def test_partial_tree_keeps_nothing_from_earlier_activities(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_partial_tree_keeps_nothing_from_earlier_activities(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, document(*(activity(identifier=f"XM-EXAMPLE-1-{i}") for i in range(200))))
     sizes: list[int] = []
     original = builtin._StreamValidation._child
@@ -447,9 +456,7 @@ def test_missing_schemas_raise_an_installation_error(tmp_path: Path) -> None:
         validate_file(VALID, meta=False, schemas_dir=tmp_path)
 
 
-def test_schema_imports_outside_the_schema_directory_are_refused(
-    tmp_path: Path, listener: socket.socket
-) -> None:
+def test_schema_imports_outside_the_schema_directory_are_refused(tmp_path: Path, listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     (tmp_path / "2.03").mkdir()
     (tmp_path / "2.03" / "iati-activities-schema.xsd").write_text(

@@ -139,8 +139,15 @@ def test_invalid_file_in_another_encoding_is_written_as_utf8(tmp_path, label, en
         text = text.replace("“x”", "x")
     source = tmp_path / "source.xml"
     source.write_bytes(encode(text))
-    meta = report(False, **{"iati-activities": [{"identifier": "A", "valid": False, "index": 0},
-                                                {"identifier": "B", "valid": True, "index": 1}]})
+    meta = report(
+        False,
+        **{
+            "iati-activities": [
+                {"identifier": "A", "valid": False, "index": 0},
+                {"identifier": "B", "valid": True, "index": 1},
+            ]
+        },
+    )
     clean_file(source, meta, tmp_path / "out.xml")
     root = etree.parse(str(tmp_path / "out.xml")).getroot()
     assert [a.findtext("iati-identifier") for a in root] == ["B"]

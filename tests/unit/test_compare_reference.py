@@ -30,8 +30,13 @@ def group(activity: dict, transactions: list[dict] | None = None) -> dict:
     return {"activity": activity, "transaction": transactions or [], "budget": []}
 
 
-ACTIVITY = {"id": "d--h--0", "iati_identifier": "A-1", "title_narrative": ["Water"],
-            "activity_date_iso_date": ["2023-07-17T07:05:08.000Z"], "iati_xml": "<iati-activity/>"}
+ACTIVITY = {
+    "id": "d--h--0",
+    "iati_identifier": "A-1",
+    "title_narrative": ["Water"],
+    "activity_date_iso_date": ["2023-07-17T07:05:08.000Z"],
+    "iati_xml": "<iati-activity/>",
+}
 
 
 def run(compare: ModuleType, ours: list[dict], reference: list[dict]):
@@ -46,8 +51,7 @@ def test_identical_documents_are_counted_identical(compare: ModuleType) -> None:
 
 
 def test_a_utc_conversion_and_a_tail_are_listed_deviations(compare: ModuleType) -> None:
-    reference = {**ACTIVITY, "activity_date_iso_date": ["2023-07-17T08:05:08.000Z"],
-                 "iati_xml": "<iati-activity/>\n  "}
+    reference = {**ACTIVITY, "activity_date_iso_date": ["2023-07-17T08:05:08.000Z"], "iati_xml": "<iati-activity/>\n  "}
     tally = run(compare, [group(dict(ACTIVITY))], [group(reference)])
     assert tally.unlisted_count() == 0
     assert set(tally.classes["activity"]) == {"utc_offset", "tail_whitespace"}

@@ -39,8 +39,15 @@ JSONS = [
 def _fields(conn) -> tuple:
     if isinstance(conn, connections.ConnectionInfo):
         return conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema, conn.extra
-    return (conn.conn_type or "", conn.host or "", conn.port, conn.login or "", conn.password or "",
-            conn.schema or "", conn.extra_dejson)
+    return (
+        conn.conn_type or "",
+        conn.host or "",
+        conn.port,
+        conn.login or "",
+        conn.password or "",
+        conn.schema or "",
+        conn.extra_dejson,
+    )
 
 
 @pytest.mark.parametrize("value", URIS + JSONS)
@@ -69,8 +76,17 @@ def vault(monkeypatch):
 def test_in_airflow_the_lookup_follows_airflows_order_and_masks_the_secret(monkeypatch, vault) -> None:
     from airflow.sdk._shared.secrets_masker import redact
 
-    monkeypatch.setenv("AIRFLOW_CONN_SOLR", json.dumps({"conn_type": "iati_solr", "host": "http://solr:8983/solr",
-                                                        "login": "indexer", "password": "masked-pw-8Jq2"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SOLR",
+        json.dumps(
+            {
+                "conn_type": "iati_solr",
+                "host": "http://solr:8983/solr",
+                "login": "indexer",
+                "password": "masked-pw-8Jq2",
+            }
+        ),
+    )
     conn = get_connection("solr")
     assert (conn.host, conn.password) == ("http://solr:8983/solr", "masked-pw-8Jq2")
     assert "masked-pw-8Jq2" not in str(redact("the password is masked-pw-8Jq2"))
@@ -106,12 +122,15 @@ def test_the_cli_reads_the_environment_only(monkeypatch) -> None:
     assert get_connection("iati_registry").host == "https://bds.example.org"
 
 
-@pytest.mark.parametrize(("host", "port", "schema", "url"), [
-    ("solr", 8983, "solr", "http://solr:8983/solr"),
-    ("http://solr", 8983, "solr", "http://solr:8983/solr"),  # the UI's form: URL and port apart
-    ("http://solr:8984/solr", 8983, "", "http://solr:8984/solr"),  # a port in the URL wins
-    ("https://api.example.org/validator", None, "", "https://api.example.org/validator"),
-    ("[::1]", 8080, "", "http://[::1]:8080"),
-])
+@pytest.mark.parametrize(
+    ("host", "port", "schema", "url"),
+    [
+        ("solr", 8983, "solr", "http://solr:8983/solr"),
+        ("http://solr", 8983, "solr", "http://solr:8983/solr"),  # the UI's form: URL and port apart
+        ("http://solr:8984/solr", 8983, "", "http://solr:8984/solr"),  # a port in the URL wins
+        ("https://api.example.org/validator", None, "", "https://api.example.org/validator"),
+        ("[::1]", 8080, "", "http://[::1]:8080"),
+    ],
+)
 def test_the_base_url_of_an_http_style_connection(host: str, port: int | None, schema: str, url: str) -> None:
     assert ConnectionInfo(conn_id="x", conn_type="iati_solr", host=host, port=port, schema=schema).base_url() == url

@@ -155,4 +155,3 @@ def test_cache_stays_bounded(monkeypatch):
     for day in range(1, 29):
         assert normalise_date(f"2020-02-{day:02d}") == f"2020-02-{day:02d}T00:00:00.000Z"
     assert len(dates._cache) <= 10
-

@@ -61,8 +61,14 @@ def blobs(tmp_path: Path) -> LocalBlobStore:
 
 
 def doc_for(url: str | None, hash_: str = HASH, **extra: Any) -> dict[str, Any]:
-    return {"id": "doc-1", "hash": hash_, "cached_dataset_url": url, "source_etag": None,
-            "source_last_modified": None, **extra}
+    return {
+        "id": "doc-1",
+        "hash": hash_,
+        "cached_dataset_url": url,
+        "source_etag": None,
+        "source_last_modified": None,
+        **extra,
+    }
 
 
 def stored(blobs: LocalBlobStore, hash_: str = HASH) -> bytes | None:
@@ -141,8 +147,10 @@ def test_no_cached_copy_is_skipped_with_error_4(
     assert server.requests == []
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(404, False), (410, False), (403, False), (500, True),
-                                                   (503, True), (429, True), (408, True)])
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(404, False), (410, False), (403, False), (500, True), (503, True), (429, True), (408, True)],
+)
 def test_http_errors_record_the_status(
     server: RegistryStandIn, blobs: LocalBlobStore, status: int, retryable: bool
 ) -> None:
@@ -160,7 +168,11 @@ def test_connection_refused_is_error_0_and_retryable(blobs: LocalBlobStore) -> N
         port = s.getsockname()[1]
     outcome = download_document(doc_for(f"http://127.0.0.1:{port}/a.xml"), blobs, SETTINGS)
     assert (outcome.status, outcome.code, outcome.data["download_error"], outcome.retryable) == (
-        "failed", "connection_error", 0, True)
+        "failed",
+        "connection_error",
+        0,
+        True,
+    )
 
 
 def test_tls_failure_is_error_1(server: RegistryStandIn, blobs: LocalBlobStore) -> None:
@@ -279,11 +291,10 @@ class CountingStore(LocalBlobStore):
         super().put_file(container, name, path)
 
 
-def test_storage_failure_is_retryable_and_records_no_download_error(
-    server: RegistryStandIn, tmp_path: Path
-) -> None:
-    outcome = download_document(doc_for(f"{server.url}/files/activities.xml"), CountingStore(tmp_path, fail=True),
-                                SETTINGS)
+def test_storage_failure_is_retryable_and_records_no_download_error(server: RegistryStandIn, tmp_path: Path) -> None:
+    outcome = download_document(
+        doc_for(f"{server.url}/files/activities.xml"), CountingStore(tmp_path, fail=True), SETTINGS
+    )
     assert (outcome.status, outcome.code, outcome.retryable) == ("failed", "storage_error", True)
     assert outcome.data["download_error"] is None
 
@@ -294,9 +305,15 @@ def test_unchanged_source_is_not_downloaded_or_uploaded_again(server: RegistrySt
     first = download_document(doc_for(url), blobs, SETTINGS)
     assert blobs.puts == 1
     again = download_document(
-        doc_for(url, source_etag=first.data["etag"], source_last_modified="Tue, 01 Oct 2024 10:00:00 GMT",
-                source_bytes=first.data["bytes"], source_encoding="utf-8"),
-        blobs, SETTINGS,
+        doc_for(
+            url,
+            source_etag=first.data["etag"],
+            source_last_modified="Tue, 01 Oct 2024 10:00:00 GMT",
+            source_bytes=first.data["bytes"],
+            source_encoding="utf-8",
+        ),
+        blobs,
+        SETTINGS,
     )
     assert again.status == "ok"
     assert again.data["not_modified"] is True

@@ -96,9 +96,9 @@ def test_a_prefix_with_a_hyphen_becomes_an_underscore_like_the_rest_of_the_name(
     path.write_text(
         '<iati-activities xmlns:iati-activities="http://iati.example/a" xmlns:interactions-ngoaidmap="http://n.example/">'
         '<iati-activity iati-activities:version="2.03"><iati-identifier>A-1</iati-identifier>'
-        '<interactions-ngoaidmap:project-url>u</interactions-ngoaidmap:project-url>'
+        "<interactions-ngoaidmap:project-url>u</interactions-ngoaidmap:project-url>"
         '<budget><low-ns:detail xmlns:low-ns="http://low.example/">7</low-ns:detail></budget>'
-        '</iati-activity></iati-activities>'
+        "</iati-activity></iati-activities>"
     )
     (activity,) = iter_flat_activities(path)
     assert activity["iati_activities_version"] == "2.03"
@@ -111,7 +111,7 @@ def test_the_first_prefix_declared_for_a_namespace_names_its_fields(tmp_path):
     path = tmp_path / "two-prefixes.xml"
     path.write_text(
         '<iati-activities><iati-activity xmlns:first="http://x.example/" xmlns:second="http://x.example/">'
-        '<iati-identifier>A-1</iati-identifier><second:thing>t</second:thing></iati-activity></iati-activities>'
+        "<iati-identifier>A-1</iati-identifier><second:thing>t</second:thing></iati-activity></iati-activities>"
     )
     (activity,) = iter_flat_activities(path)
     assert activity["first_thing"] == "t"
@@ -314,7 +314,7 @@ def test_hostile_xml_gives_a_recorded_outcome_and_reads_nothing(tmp_path, listen
 
 TEXT = "Café “quoted” — €5, naïve"
 TEMPLATE = (
-    "<iati-activities version=\"2.03\"><iati-activity><iati-identifier>ENC-1</iati-identifier>"
+    '<iati-activities version="2.03"><iati-activity><iati-identifier>ENC-1</iati-identifier>'
     "<title><narrative>{text}</narrative></title></iati-activity></iati-activities>"
 )
 

@@ -240,7 +240,11 @@ def test_lakify_document_storage_failure_is_retryable(tmp_path, kind, threads):
 def test_iati_xml_is_written_the_lxml_6_way(tmp_path):
     # U3 (docs/DEVIATIONS.md): non-ASCII attribute values as UTF-8, an empty CDATA as <x></x>
     path = tmp_path / "u3.xml"
-    path.write_bytes('<iati-activities><iati-activity a="caf\u00e9"><iati-identifier>A</iati-identifier>'
-                     '<x><![CDATA[]]></x></iati-activity></iati-activities>'.encode())
+    path.write_bytes(
+        '<iati-activities><iati-activity a="caf\u00e9"><iati-identifier>A</iati-identifier>'
+        "<x><![CDATA[]]></x></iati-activity></iati-activities>".encode()
+    )
     (entry,) = iter_lake_entries(path)
-    assert entry.xml == '<iati-activity a="caf\u00e9"><iati-identifier>A</iati-identifier><x></x></iati-activity>'.encode()
+    assert (
+        entry.xml == '<iati-activity a="caf\u00e9"><iati-identifier>A</iati-identifier><x></x></iati-activity>'.encode()
+    )

@@ -17,15 +17,18 @@ def store(tmp_path: Path) -> LocalBlobStore:
     return blobs
 
 
-@pytest.mark.parametrize(("prefix", "expected"), [
-    ("", {"doc-a/1.xml", "doc-a/1.json", "doc-a/sub/2.xml", "doc-ab/3.xml", "doc-b/4.xml", "top.xml"}),
-    ("doc-a/", {"doc-a/1.xml", "doc-a/1.json", "doc-a/sub/2.xml"}),
-    ("doc-a", {"doc-a/1.xml", "doc-a/1.json", "doc-a/sub/2.xml", "doc-ab/3.xml"}),
-    ("doc-a/1", {"doc-a/1.xml", "doc-a/1.json"}),
-    ("doc-a/sub/", {"doc-a/sub/2.xml"}),
-    ("doc-c/", set()),
-    ("doc-a/nothing/here", set()),
-])
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("", {"doc-a/1.xml", "doc-a/1.json", "doc-a/sub/2.xml", "doc-ab/3.xml", "doc-b/4.xml", "top.xml"}),
+        ("doc-a/", {"doc-a/1.xml", "doc-a/1.json", "doc-a/sub/2.xml"}),
+        ("doc-a", {"doc-a/1.xml", "doc-a/1.json", "doc-a/sub/2.xml", "doc-ab/3.xml"}),
+        ("doc-a/1", {"doc-a/1.xml", "doc-a/1.json"}),
+        ("doc-a/sub/", {"doc-a/sub/2.xml"}),
+        ("doc-c/", set()),
+        ("doc-a/nothing/here", set()),
+    ],
+)
 def test_list_matches_name_prefixes(store: LocalBlobStore, prefix: str, expected: set[str]) -> None:
     assert set(store.list("lake", prefix)) == expected
 

@@ -35,8 +35,9 @@ SHARES = {"invalid_share": 0.1, "broken_share": 0.1, "non_utf8_share": 0.1, "org
 
 
 def generate(out: Path, seed: int = 7, datasets: int = 40) -> dict:
-    return mc.generate(out, datasets=datasets, publishers=6, activities=240, seed=seed, templates_dir=TEMPLATES,
-                       **SHARES)
+    return mc.generate(
+        out, datasets=datasets, publishers=6, activities=240, seed=seed, templates_dir=TEMPLATES, **SHARES
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,13 @@ def test_each_kind_has_its_share_and_the_activities_add_up(corpus) -> None:
     out, manifest = corpus
     datasets = manifest["datasets"]
     kinds = {kind: [d for d in datasets if d["kind"] == kind] for kind in mc.KINDS}
-    assert {k: len(v) for k, v in kinds.items()} == {"invalid": 4, "broken": 4, "non_utf8": 4, "organisation": 2,
-                                                      "valid": 26}
+    assert {k: len(v) for k, v in kinds.items()} == {
+        "invalid": 4,
+        "broken": 4,
+        "non_utf8": 4,
+        "organisation": 2,
+        "valid": 26,
+    }
     assert sum(d["activities"] for d in datasets if d["kind"] in mc.ACTIVITY_KINDS) == 240
     assert mc.summary(manifest)["activities"] == 240
     assert all(d["planned_activities"] >= 1 for d in datasets)
@@ -116,9 +122,9 @@ def test_non_utf8_files_declare_their_encoding_and_carry_accents(corpus) -> None
         with pytest.raises(UnicodeDecodeError):
             data.decode("utf-8")
         activities = etree.parse(str(path)).getroot().findall("iati-activity")
-        assert activities and all(
-            "r\u00e9vision" in (next(a.iter("narrative")).text or "") for a in activities
-        ), "the first narrative of each activity carries accented text"
+        assert activities and all("r\u00e9vision" in (next(a.iter("narrative")).text or "") for a in activities), (
+            "the first narrative of each activity carries accented text"
+        )
 
 
 def test_broken_and_organisation_files(corpus) -> None:

@@ -58,10 +58,29 @@ def other_server() -> Iterator[RegistryStandIn]:
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.1.2.3", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254",
-        "100.64.0.1", "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "192.0.2.10",
-        "::1", "::", "fe80::1", "fe80::1%eth0", "fc00::1", "fd12:3456::1", "ff02::1", "fec0::1",
-        "::ffff:127.0.0.1", "::ffff:10.1.2.3", "::ffff:169.254.169.254",
+        "127.0.0.1",
+        "127.1.2.3",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "192.0.2.10",
+        "::1",
+        "::",
+        "fe80::1",
+        "fe80::1%eth0",
+        "fc00::1",
+        "fd12:3456::1",
+        "ff02::1",
+        "fec0::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.1.2.3",
+        "::ffff:169.254.169.254",
         "2002:7f00:1::1",  # 6to4 wrapping 127.0.0.1
         "2002:a00:1::1",  # 6to4 wrapping 10.0.0.1
         "64:ff9b::a00:1",  # NAT64 wrapping 10.0.0.1
@@ -101,8 +120,16 @@ def test_only_http_and_https(url: str) -> None:
     assert info.value.reason in ("scheme", "url")
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1/", "http://[::1]:8080/", "https://169.254.169.254/latest",
-                                 "http://[::ffff:7f00:1]/", "http://0.0.0.0:80/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://[::1]:8080/",
+        "https://169.254.169.254/latest",
+        "http://[::ffff:7f00:1]/",
+        "http://0.0.0.0:80/",
+    ],
+)
 def test_private_ip_literals_are_refused(url: str) -> None:
     with pytest.raises(net.RefusedTarget) as info:
         net.check_url(url, NOTHING_PRIVATE)
@@ -150,9 +177,10 @@ def test_allowed_network_is_reached_with_user_agent_and_reused_connection(server
 
 def test_redirect_to_another_host_and_port_is_followed(server: RegistryStandIn, other_server: RegistryStandIn) -> None:
     target = f"{other_server.url}/elsewhere.xml"
-    with net.http_client(LOOPBACK_ONLY) as client, net.open_stream(
-        client, f"{server.url}/redirect?to={target}", LOOPBACK_ONLY
-    ) as response:
+    with (
+        net.http_client(LOOPBACK_ONLY) as client,
+        net.open_stream(client, f"{server.url}/redirect?to={target}", LOOPBACK_ONLY) as response,
+    ):
         assert response.status_code == 200
         assert str(response.url) == target
         assert response.read() == b"<iati-organisations/>"
@@ -162,8 +190,12 @@ def test_redirect_to_another_host_and_port_is_followed(server: RegistryStandIn, 
 
 @pytest.mark.parametrize(
     ("target", "reason"),
-    [("http://10.255.255.1/internal", "address"), ("http://169.254.169.254/latest/meta-data", "address"),
-     ("http://[::ffff:a00:1]/", "address"), ("ftp://files.example.org/a.xml", "scheme")],
+    [
+        ("http://10.255.255.1/internal", "address"),
+        ("http://169.254.169.254/latest/meta-data", "address"),
+        ("http://[::ffff:a00:1]/", "address"),
+        ("ftp://files.example.org/a.xml", "scheme"),
+    ],
 )
 def test_redirect_to_a_refused_target_is_not_followed(server: RegistryStandIn, target: str, reason: str) -> None:
     with net.http_client(LOOPBACK_ONLY) as client, pytest.raises(net.RefusedTarget) as info:
@@ -222,8 +254,9 @@ def test_peer_address_is_read_from_the_network_stream(server: RegistryStandIn) -
 
 def test_read_capped_refuses_a_large_body(server: RegistryStandIn) -> None:
     with net.http_client(LOOPBACK_ONLY) as client:
-        with net.open_stream(client, f"{server.url}/oversize/300000", LOOPBACK_ONLY) as response, pytest.raises(
-            net.ResponseTooLarge
+        with (
+            net.open_stream(client, f"{server.url}/oversize/300000", LOOPBACK_ONLY) as response,
+            pytest.raises(net.ResponseTooLarge),
         ):
             net.read_capped(response, 100_000)
         with net.open_stream(client, f"{server.url}/oversize/3000", LOOPBACK_ONLY) as response:

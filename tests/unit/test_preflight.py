@@ -10,9 +10,17 @@ import pytest
 from iati_refresher import connections, pipeline
 from iati_refresher.settings import Settings
 
-AZURE = json.dumps({"conn_type": "wasb", "extra": {"connection_string": (
-    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
-    "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")}})
+AZURE = json.dumps(
+    {
+        "conn_type": "wasb",
+        "extra": {
+            "connection_string": (
+                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+                "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;"
+            )
+        },
+    }
+)
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +30,15 @@ def _no_connections(monkeypatch):
         monkeypatch.delenv(f"AIRFLOW_CONN_{conn_id.upper()}", raising=False)
 
 
-@pytest.mark.parametrize("executor", ["CeleryExecutor", "KubernetesExecutor",
-                                      "airflow.providers.celery.executors.celery_executor.CeleryExecutor",
-                                      "LocalExecutor,CeleryExecutor"])
+@pytest.mark.parametrize(
+    "executor",
+    [
+        "CeleryExecutor",
+        "KubernetesExecutor",
+        "airflow.providers.celery.executors.celery_executor.CeleryExecutor",
+        "LocalExecutor,CeleryExecutor",
+    ],
+)
 def test_a_local_blob_directory_is_refused_under_a_distributed_executor(executor, tmp_path) -> None:
     settings = Settings(embedded=True, local_blob_dir=str(tmp_path))
     with pytest.raises(pipeline.PreflightFailed) as refused:
@@ -48,11 +62,14 @@ def test_a_shared_directory_or_azure_storage_passes_under_celery(tmp_path, monke
 
 
 def test_the_log_names_every_stage_backend_without_secrets(tmp_path, monkeypatch, caplog) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_SOLR", json.dumps({"conn_type": "http", "host": "http://solr:8983/solr",
-                                                        "login": "indexer", "password": "s3cret-solr"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SOLR",
+        json.dumps(
+            {"conn_type": "http", "host": "http://solr:8983/solr", "login": "indexer", "password": "s3cret-solr"}
+        ),
+    )
     with caplog.at_level(logging.INFO, logger="iati_refresher.pipeline"):
-        backends = pipeline.preflight(Settings(embedded=True, local_blob_dir=str(tmp_path)),
-                                      executor="LocalExecutor")
+        backends = pipeline.preflight(Settings(embedded=True, local_blob_dir=str(tmp_path)), executor="LocalExecutor")
     assert backends["validator"] == "built-in schema validator"
     assert backends["index"] == "Solr at http://solr:8983/solr"
     assert backends["alerts"].startswith("NOT CONFIGURED: failures are only logged")

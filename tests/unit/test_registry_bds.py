@@ -11,22 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from iati_refresher import connections
 from iati_refresher.net import http_client
-from iati_refresher.registry.base import (
-    RegistryInconsistent,
-    RegistryUnavailable,
-    build_source,
-    registry_for,
-)
+from iati_refresher.registry.base import RegistryInconsistent, RegistryUnavailable
 from iati_refresher.registry.bds import BulkDataServiceSource, snapshot_from_indices
 from iati_refresher.registry.ckan import CkanRegistrySource
+from iati_refresher.registry.sources import build_source, registry_for
 from iati_refresher.sample.server import hash_excluding_generated_timestamp
 from iati_refresher.settings import Settings
 from tests.standins.registry_server import RegistryStandIn, bds_dataset, bds_org
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "registry"
-SETTINGS = Settings(allow_private_addresses=False, allowed_private_networks="127.0.0.1/32",
-                    user_agent="refresher-test/3")
+SETTINGS = Settings(
+    allow_private_addresses=False, allowed_private_networks="127.0.0.1/32", user_agent="refresher-test/3"
+)
 ORG_A = "aaaaaaaa-0000-4000-8000-00000000000a"
 ORG_B = "bbbbbbbb-0000-4000-8000-00000000000b"
 HASH_1 = "1" * 40
@@ -44,18 +42,24 @@ def server() -> Iterator[RegistryStandIn]:
             [bds_org(ORG_A, "org-a", "Org A", "XX-A"), bds_org(ORG_B, "org-b", "Org B", "XX-B")],
             [
                 bds_dataset("ds-1", "org-a-one", ORG_A, cached_url="https://bulk.example.org/1.xml", hash_=HASH_1),
-                bds_dataset("ds-2", "org-a-two", ORG_A, cached_url="https://bulk.example.org/2.xml", hash_=HASH_2,
-                            newer_names=True),
+                bds_dataset(
+                    "ds-2",
+                    "org-a-two",
+                    ORG_A,
+                    cached_url="https://bulk.example.org/2.xml",
+                    hash_=HASH_2,
+                    newer_names=True,
+                ),
                 bds_dataset("ds-3", "org-b-one", ORG_B, cached_url=None, hash_=None),
             ],
         )
         yield srv
 
 
-def source(server: RegistryStandIn, dataset_path: str = "/datasets-minimal",
-           org_path: str = "/reporting-orgs") -> BulkDataServiceSource:
-    return BulkDataServiceSource(server.url, dataset_path, org_path, http_client(SETTINGS), SETTINGS,
-                                 owns_client=True)
+def source(
+    server: RegistryStandIn, dataset_path: str = "/datasets-minimal", org_path: str = "/reporting-orgs"
+) -> BulkDataServiceSource:
+    return BulkDataServiceSource(server.url, dataset_path, org_path, http_client(SETTINGS), SETTINGS, owns_client=True)
 
 
 # --- mapping (fixture files) ---------------------------------------------------------------------------
@@ -68,8 +72,12 @@ def test_fixture_indices_map_to_publishers_and_datasets() -> None:
     assert snap.etag == '"e1"'
     publishers = {p["name"]: p for p in snap.publishers}
     assert publishers["alpha-aid"] == {
-        "org_id": "0a1b2c3d-0000-4000-8000-000000000001", "name": "alpha-aid", "title": "Alpha Aid",
-        "package_count": 2, "iati_id": "XX-TEST-ALPHA", "description": "A test publisher with two datasets.",
+        "org_id": "0a1b2c3d-0000-4000-8000-000000000001",
+        "name": "alpha-aid",
+        "title": "Alpha Aid",
+        "package_count": 2,
+        "iati_id": "XX-TEST-ALPHA",
+        "description": "A test publisher with two datasets.",
         "country_code": "GB",
     }
     # No human-readable name: the short name stands in; the newer identifier field is used.
@@ -78,13 +86,16 @@ def test_fixture_indices_map_to_publishers_and_datasets() -> None:
     assert publishers["beta-relief"]["package_count"] == 1
     datasets = {d["id"]: d for d in snap.datasets}
     assert datasets["d0000000-0000-4000-8000-000000000001"] == {
-        "id": "d0000000-0000-4000-8000-000000000001", "name": "alpha-aid-activities",
-        "hash": "a" * 40, "url": "https://alpha.example.org/iati/activities.xml",
+        "id": "d0000000-0000-4000-8000-000000000001",
+        "name": "alpha-aid-activities",
+        "hash": "a" * 40,
+        "url": "https://alpha.example.org/iati/activities.xml",
         "publisher": "0a1b2c3d-0000-4000-8000-000000000001",
         "cached_dataset_url": "https://bulk.example.org/alpha-aid/alpha-aid-activities.xml",
     }
     assert datasets["d0000000-0000-4000-8000-000000000002"]["cached_dataset_url"] == (
-        "https://bulk.example.org/alpha-aid/alpha-aid-org.xml")
+        "https://bulk.example.org/alpha-aid/alpha-aid-org.xml"
+    )
     no_copy = datasets["d0000000-0000-4000-8000-000000000003"]
     assert (no_copy["hash"], no_copy["cached_dataset_url"]) == ("", None)
     assert len(snap.datasets) == 3
@@ -93,15 +104,17 @@ def test_fixture_indices_map_to_publishers_and_datasets() -> None:
 def test_malformed_entries_are_rejected_with_reasons_and_the_rest_kept() -> None:
     snap = snapshot_from_indices(load("bds-datasets-minimal.json"), load("bds-reporting-orgs.json"))
     reasons = sorted((r["kind"], r["reason"]) for r in snap.rejected)
-    assert reasons == sorted([
-        ("publisher", "no short_name"),
-        ("publisher", "not an object"),
-        ("dataset", "malformed hash_excluding_generated_timestamp '../../not-a-hash'"),
-        ("dataset", "no source_url"),
-        ("dataset", "no id"),
-        ("dataset", "duplicate dataset id d0000000-0000-4000-8000-000000000001"),
-        ("dataset", "publisher 0a1b2c3d-0000-4000-8000-000000000003 is not in the publisher list"),
-    ])
+    assert reasons == sorted(
+        [
+            ("publisher", "no short_name"),
+            ("publisher", "not an object"),
+            ("dataset", "malformed hash_excluding_generated_timestamp '../../not-a-hash'"),
+            ("dataset", "no source_url"),
+            ("dataset", "no id"),
+            ("dataset", "duplicate dataset id d0000000-0000-4000-8000-000000000001"),
+            ("dataset", "publisher 0a1b2c3d-0000-4000-8000-000000000003 is not in the publisher list"),
+        ]
+    )
     orphan = next(r for r in snap.rejected if r["reason"].startswith("publisher 0a1b"))
     assert orphan["record"]["short_name"] == "nameless-activities"
     broken = next(r for r in snap.rejected if r["reason"].startswith("malformed hash"))
@@ -207,6 +220,13 @@ def test_a_registry_on_a_refused_address_is_unavailable(server: RegistryStandIn)
 # --- choosing the source: registry_for and the hook -----------------------------------------------------------
 
 
+@pytest.fixture
+def environment_connections_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections from AIRFLOW_CONN_* variables only (as the CLI reads them), not Airflow's store."""
+    monkeypatch.setattr(connections, "_ENVIRONMENT_ONLY", True)
+
+
+@pytest.mark.usefixtures("environment_connections_only")
 def test_registry_for_uses_the_connection_when_configured(
     server: RegistryStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,20 +234,20 @@ def test_registry_for_uses_the_connection_when_configured(
         "AIRFLOW_CONN_IATI_REGISTRY",
         json.dumps({"conn_type": "http", "host": server.url, "extra": {"dataset_index_path": "/datasets-minimal"}}),
     )
-    src = registry_for(SETTINGS.replace(bds_url="http://127.0.0.1:9"), use_airflow=False)
+    src = registry_for(SETTINGS.replace(bds_url="http://127.0.0.1:9"))
     assert isinstance(src, BulkDataServiceSource)
     assert src.dataset_index_url == f"{server.url}/datasets-minimal"
     assert len(src.fetch(None).datasets) == 3
     src.close()
 
 
+@pytest.mark.usefixtures("environment_connections_only")
 def test_registry_for_falls_back_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_IATI_REGISTRY", raising=False)
-    bds = registry_for(SETTINGS.replace(bds_url="https://bds.example.org/"), use_airflow=False)
+    bds = registry_for(SETTINGS.replace(bds_url="https://bds.example.org/"))
     assert isinstance(bds, BulkDataServiceSource)
     assert bds.reporting_org_index_url == "https://bds.example.org/reporting-orgs"
-    ckan = registry_for(SETTINGS.replace(registry_source="ckan", ckan_url="https://ckan.example.org"),
-                        use_airflow=False)
+    ckan = registry_for(SETTINGS.replace(registry_source="ckan", ckan_url="https://ckan.example.org"))
     assert isinstance(ckan, CkanRegistrySource)
     assert ckan.api_url == "https://ckan.example.org/api/3/action/"
     with pytest.raises(ValueError, match="registry_source"):
@@ -260,14 +280,17 @@ def test_the_bds_hash_ignores_only_the_generated_datetime() -> None:
     assert hash_excluding_generated_timestamp(one) == hash_excluding_generated_timestamp(two)
     assert hash_excluding_generated_timestamp(one) != hash_excluding_generated_timestamp(changed)
     # The attribute goes, the space before it stays (the BDS rule).
-    assert hash_excluding_generated_timestamp(one) == hashlib.sha1(
-        b'<iati-activities version="2.03" ><x/></iati-activities>').hexdigest()
+    assert (
+        hash_excluding_generated_timestamp(one)
+        == hashlib.sha1(b'<iati-activities version="2.03" ><x/></iati-activities>').hexdigest()
+    )
 
 
 def test_the_sample_server_runs_as_a_command_with_conditional_indices() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "iati_refresher.sample.server", "--port", "0", "--print-url"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         url = proc.stdout.readline().strip()

@@ -19,14 +19,21 @@ SETTINGS = Settings(
     ckan_page_size=3,
     ckan_request_interval_s=0.0,
 )
-ORGS = [ckan_organisation(f"org-{i}", f"publisher-{i}", f"Publisher {i}", iati_id=f"XX-P{i}", country="KE")
-        for i in range(5)]
+ORGS = [
+    ckan_organisation(f"org-{i}", f"publisher-{i}", f"Publisher {i}", iati_id=f"XX-P{i}", country="KE")
+    for i in range(5)
+]
 
 
 def packages(count: int) -> list[dict]:
     return [
-        ckan_package(f"pkg-{i}", f"publisher-{i % 5}-file-{i}", f"org-{i % 5}",
-                     url=f"https://publisher-{i % 5}.example.org/{i}.xml", hash_=f"{i:040x}")
+        ckan_package(
+            f"pkg-{i}",
+            f"publisher-{i % 5}-file-{i}",
+            f"org-{i % 5}",
+            url=f"https://publisher-{i % 5}.example.org/{i}.xml",
+            hash_=f"{i:040x}",
+        )
         for i in range(count)
     ]
 
@@ -63,14 +70,23 @@ def test_maps_packages_and_organisations(server: RegistryStandIn) -> None:
     snap = reader(server).fetch(None)
     pkg = next(d for d in snap.datasets if d["id"] == "pkg-6")
     assert pkg == {
-        "id": "pkg-6", "name": "publisher-1-file-6", "hash": f"{6:040x}",
-        "url": "https://publisher-1.example.org/6.xml", "publisher": "org-1",
+        "id": "pkg-6",
+        "name": "publisher-1-file-6",
+        "hash": f"{6:040x}",
+        "url": "https://publisher-1.example.org/6.xml",
+        "publisher": "org-1",
         "cached_dataset_url": "https://publisher-1.example.org/6.xml",
     }
     pub = next(p for p in snap.publishers if p["org_id"] == "org-1")
     assert pub == {
-        "org_id": "org-1", "name": "publisher-1", "title": "Publisher 1", "package_count": 2, "iati_id": "XX-P1",
-        "description": "Publisher 1 publishes IATI data.", "state": "active", "country_code": "KE",
+        "org_id": "org-1",
+        "name": "publisher-1",
+        "title": "Publisher 1",
+        "package_count": 2,
+        "iati_id": "XX-P1",
+        "description": "Publisher 1 publishes IATI data.",
+        "state": "active",
+        "country_code": "KE",
     }
     assert next(p for p in snap.publishers if p["org_id"] == "org-4")["package_count"] == 1
 
@@ -142,7 +158,9 @@ def test_malformed_packages_are_rejected_not_fatal(server: RegistryStandIn) -> N
     snap = reader(server).fetch(None)
     assert sorted(d["id"] for d in snap.datasets) == ["pkg-0", "pkg-1"]
     assert sorted(r["reason"] for r in snap.rejected) == [
-        "malformed resource hash 'md5:abc'", "no resource", "publisher org-unknown is not in the publisher list",
+        "malformed resource hash 'md5:abc'",
+        "no resource",
+        "publisher org-unknown is not in the publisher list",
     ]
 
 
@@ -153,10 +171,21 @@ def test_an_unhashed_resource_keeps_an_empty_hash() -> None:
 
 
 def test_organisation_extras_list_is_read() -> None:
-    raw = {"id": "org-9", "name": "extras-org", "title": "", "display_name": "Extras Org",
-           "extras": [{"key": "publisher_iati_id", "value": "XX-EXTRA"}, {"key": "publisher_country", "value": "NP"}]}
-    assert map_organisation(raw) == {"org_id": "org-9", "name": "extras-org", "title": "Extras Org",
-                                     "package_count": 0, "iati_id": "XX-EXTRA", "country_code": "NP"}
+    raw = {
+        "id": "org-9",
+        "name": "extras-org",
+        "title": "",
+        "display_name": "Extras Org",
+        "extras": [{"key": "publisher_iati_id", "value": "XX-EXTRA"}, {"key": "publisher_country", "value": "NP"}],
+    }
+    assert map_organisation(raw) == {
+        "org_id": "org-9",
+        "name": "extras-org",
+        "title": "Extras Org",
+        "package_count": 0,
+        "iati_id": "XX-EXTRA",
+        "country_code": "NP",
+    }
 
 
 def test_a_ckan_error_is_unavailable(server: RegistryStandIn) -> None:

@@ -14,9 +14,15 @@ def batch(key: str, *ids: str) -> dict:
 
 def healthy_states(**overrides: str | None) -> dict[str, str | None]:
     states: dict[str, str | None] = {
-        "preflight": "success", "migrate_database": "success", "sync_registry": "success",
-        "safety_check": "success", "plan_download": "success", "download_0": "success", "download_1": "success",
-        "plan_clean": "success", "clean": "skipped",
+        "preflight": "success",
+        "migrate_database": "success",
+        "sync_registry": "success",
+        "safety_check": "success",
+        "plan_download": "success",
+        "download_0": "success",
+        "download_1": "success",
+        "plan_clean": "success",
+        "clean": "skipped",
     }
     states.update(overrides)
     return states
@@ -35,7 +41,12 @@ def test_one_failed_batch_of_two_pages_but_does_not_fail_the_run() -> None:
     health = assess(STAGES, PLANS, healthy_states(download_1="failed"))
     [failed] = health.failed_batches
     assert (failed.stage, failed.map_index, failed.key, failed.ids, failed.state) == (
-        "download", 1, "0001", ("c",), "failed")
+        "download",
+        1,
+        "0001",
+        ("c",),
+        "failed",
+    )
     assert failed.task == "download[1: c +0]"
     assert health.worth_a_page and not health.red
 
@@ -53,16 +64,21 @@ def test_a_batch_that_never_got_a_state_did_not_run() -> None:
 
 
 def test_a_plan_that_failed_means_the_stage_could_not_run() -> None:
-    health = assess(STAGES, {"download": PLANS["download"], "clean": None},
-                    healthy_states(plan_clean="failed", clean="upstream_failed"))
+    health = assess(
+        STAGES,
+        {"download": PLANS["download"], "clean": None},
+        healthy_states(plan_clean="failed", clean="upstream_failed"),
+    )
     assert health.stage_problems == ["plan_clean failed: the clean stage could not run"]
     assert health.red
 
 
 def test_a_critical_task_that_failed_fails_the_run() -> None:
     health = assess(STAGES, PLANS, healthy_states(sync_registry="failed", safety_check="upstream_failed"))
-    assert health.task_problems == ["sync_registry failed after its retries",
-                                    "safety_check did not run (an upstream task failed)"]
+    assert health.task_problems == [
+        "sync_registry failed after its retries",
+        "safety_check did not run (an upstream task failed)",
+    ]
     assert health.red
 
 

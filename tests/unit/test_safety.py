@@ -50,8 +50,9 @@ class CommsHubRecorder:
         return httpx.Response(self.statuses.get(org_id, 200))
 
     def client(self) -> CommsHubClient:
-        return CommsHubClient("https://commshub.example/api/pvt/notification/slack", key=KEY,
-                              transport=httpx.MockTransport(self))
+        return CommsHubClient(
+            "https://commshub.example/api/pvt/notification/slack", key=KEY, transport=httpx.MockTransport(self)
+        )
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -68,8 +69,16 @@ def test_describe_period(seconds: int, text: str) -> None:
 def test_flag_message_says_who_why_and_how_to_unflag() -> None:
     text = flag_message(PUBLISHERS[0], threshold=100, period_s=7200)
 
-    for part in ("Example One", "example-one", "XM-EXAMPLE-1", "More than 100", "2 hours", "2025-03-01 12:00",
-                 "iati_unflag_publisher", '{"publisher": "example-one"}'):
+    for part in (
+        "Example One",
+        "example-one",
+        "XM-EXAMPLE-1",
+        "More than 100",
+        "2 hours",
+        "2025-03-01 12:00",
+        "iati_unflag_publisher",
+        '{"publisher": "example-one"}',
+    ):
         assert part in text, part
 
 
@@ -89,8 +98,10 @@ def test_commshub_receives_the_new_black_flag_event_with_the_key() -> None:
     request, payload = hub.posts[0]
     assert str(request.url) == "https://commshub.example/api/pvt/notification/slack"
     assert request.headers["x-functions-key"] == KEY
-    assert payload == {"type": "NEW_BLACK_FLAG", "data": {"publisherId": "XM-EXAMPLE-1",
-                                                          "reason": "Over 100 critical documents in the last 2 hours."}}
+    assert payload == {
+        "type": "NEW_BLACK_FLAG",
+        "data": {"publisherId": "XM-EXAMPLE-1", "reason": "Over 100 critical documents in the last 2 hours."},
+    }
 
 
 def test_only_publishers_told_on_every_channel_count_as_notified() -> None:
@@ -112,8 +123,11 @@ def test_only_publishers_told_on_every_channel_count_as_notified() -> None:
 
 @pytest.mark.parametrize("trouble", ["status", "unreachable"])
 def test_a_failed_commshub_call_leaves_the_publisher_for_next_run(trouble: str) -> None:
-    hub = (CommsHubRecorder(statuses={"XM-EXAMPLE-1": 500}) if trouble == "status"
-           else CommsHubRecorder(fail_for={"XM-EXAMPLE-1"}))
+    hub = (
+        CommsHubRecorder(statuses={"XM-EXAMPLE-1": 500})
+        if trouble == "status"
+        else CommsHubRecorder(fail_for={"XM-EXAMPLE-1"})
+    )
 
     assert notify_flagged(PUBLISHERS, None, hub.client(), settings=SETTINGS) == ["XM-EXAMPLE-2"]
 
@@ -123,8 +137,13 @@ def test_without_channels_everyone_counts_as_notified() -> None:
 
 
 def test_commshub_client_from_connection_hides_its_key() -> None:
-    conn = ConnectionInfo(conn_id="iati_commshub", conn_type="https", host="commshub.example",
-                          schema="api/pvt/notification/slack", password=KEY)
+    conn = ConnectionInfo(
+        conn_id="iati_commshub",
+        conn_type="https",
+        host="commshub.example",
+        schema="api/pvt/notification/slack",
+        password=KEY,
+    )
     client = commshub_from_connection(conn, Settings())
 
     assert client.url == "https://commshub.example/api/pvt/notification/slack"

@@ -7,7 +7,9 @@ pieces the code itself fixes, never from a value.  The rule, checked on the sour
 tree (:class:`SqlRule`):
 
 * string literals, and **module constants** (names bound once at module level to literals,
-  containers of literals, or expressions of other constants: ``NOW``, ``READY``...);
+  containers of literals, or expressions of other constants: ``NOW``, ``READY``...), also
+  when imported from the package module that binds them (``from iati_refresher.db.repository
+  .common import NOW``);
 * **lookups in a module constant** (``READY[stage]``, ``ORDER.get(stage, "...")``,
   ``STAGES[i:]``): whatever the key, the result is one of the constant's own values, or an
   error;
@@ -52,6 +54,24 @@ SAFE_METHODS = {"join", "format", "strip", "lower", "upper"}
 LOOKUP_METHODS = {"get", "items", "keys", "values", "index"}
 
 
+def _package_constants(module: str) -> set[str]:
+    """The module constants of a module of the package (``iati_refresher.x.y``), if it is one."""
+    parts = module.split(".")
+    if parts[0] != "iati_refresher":
+        return set()
+    path = PACKAGE.joinpath(*parts[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    if not path.is_file():
+        return set()
+    if path not in _CONSTANTS:
+        _CONSTANTS[path] = set()  # an import cycle sees no constants
+        _CONSTANTS[path] = SqlRule(path.read_text()).constants
+    return _CONSTANTS[path]
+
+
+_CONSTANTS: dict[Path, set[str]] = {}
+
+
 class SqlRule:
     """Finds statements passed to ``execute`` that are built from non-constant pieces."""
 
@@ -60,15 +80,21 @@ class SqlRule:
         self.functions = {n.name: n for n in self.tree.body if isinstance(n, ast.FunctionDef)}
         self.constants: set[str] = set()
         self._builder_safety: dict[str, bool] = {}
+        for node in self.tree.body:  # constants of other package modules, imported by name
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported = _package_constants(node.module)
+                self.constants.update(a.asname or a.name for a in node.names if a.name in imported)
         changed = True
         while changed:  # constants may be built from earlier constants
             changed = False
             for node in self.tree.body:
-                targets = node.targets if isinstance(node, ast.Assign) else (
-                    [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
+                targets = (
+                    node.targets
+                    if isinstance(node, ast.Assign)
+                    else ([node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else [])
+                )
                 for target in targets:
-                    if isinstance(target, ast.Name) and target.id not in self.constants \
-                            and self._constant(node.value):
+                    if isinstance(target, ast.Name) and target.id not in self.constants and self._constant(node.value):
                         self.constants.add(target.id)
                         changed = True
 
@@ -83,7 +109,8 @@ class SqlRule:
             return all(self._constant(e) for e in node.elts)
         if isinstance(node, ast.Dict):
             return all(k is not None and self._constant(k) for k in node.keys) and all(
-                self._constant(v) for v in node.values)
+                self._constant(v) for v in node.values
+            )
         if isinstance(node, ast.JoinedStr):
             return all(self._constant(v.value) if isinstance(v, ast.FormattedValue) else True for v in node.values)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
@@ -170,8 +197,12 @@ class SqlRule:
             elif isinstance(node, ast.For):
                 for name in _names(node.target):
                     sources.setdefault(name, []).append((node.iter, -1))
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                    and node.func.attr in ("append", "extend") and isinstance(node.func.value, ast.Name):
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("append", "extend")
+                and isinstance(node.func.value, ast.Name)
+            ):
                 for arg in node.args:
                     sources.setdefault(node.func.value.id, []).append((arg, -1 if node.func.attr == "extend" else None))
         for arg in [*fn.args.args, *fn.args.kwonlyargs]:
@@ -234,11 +265,12 @@ def _modules() -> list[Path]:
 
 
 def test_the_repository_holds_sql_and_builds_it_only_from_constants() -> None:
-    source = (PACKAGE / "db" / "repository.py").read_text()
-    rule = SqlRule(source)
-    assert {"NOW", "READY", "REVIVED_BY", "RESET_FROM"} <= rule.constants
-    assert source.count(".execute") > 40, "the check looks at the statements"
-    assert rule.violations("db/repository.py") == []
+    modules = sorted((PACKAGE / "db" / "repository").glob("*.py"))
+    sources = {path.relative_to(PACKAGE).as_posix(): path.read_text() for path in modules}
+    rules = {name: SqlRule(source) for name, source in sources.items()}
+    assert {"NOW", "READY", "REVIVED_BY", "RESET_FROM"} <= set().union(*(r.constants for r in rules.values()))
+    assert sum(source.count(".execute") for source in sources.values()) > 40, "the check looks at the statements"
+    assert [v for name, rule in rules.items() for v in rule.violations(name)] == []
 
 
 def test_no_module_of_the_package_or_plugins_builds_sql_from_values() -> None:
@@ -249,20 +281,23 @@ def test_no_module_of_the_package_or_plugins_builds_sql_from_values() -> None:
     assert found == []
 
 
-@pytest.mark.parametrize("body", [
-    'conn.execute(f"SELECT * FROM document WHERE id = \'{doc_id}\'")',
-    'conn.execute("SELECT * FROM document WHERE id = \'" + doc_id + "\'")',
-    'conn.execute("SELECT * FROM document WHERE id = \'%s\'" % doc_id)',
-    'conn.execute("SELECT * FROM document WHERE id = \'{}\'".format(doc_id))',
-    'sql = "SELECT * FROM document WHERE name = " + row["name"]\n    conn.execute(sql)',
-    'where = "true"\n    where += f" AND id = {doc_id}"\n    conn.execute(f"SELECT 1 WHERE {where}")',
-    'conds = []\n    conds.append(doc_id)\n    conn.execute(" AND ".join(conds))',
-    'conn.execute(f"SELECT {_column(doc_id)} FROM document")',
-    'cols = ", ".join(c for c in doc_id)\n    conn.execute(f"SELECT {cols} FROM document")',
-    'conn.execute(f"SELECT * FROM {str(doc_id)}")',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "conn.execute(f\"SELECT * FROM document WHERE id = '{doc_id}'\")",
+        'conn.execute("SELECT * FROM document WHERE id = \'" + doc_id + "\'")',
+        "conn.execute(\"SELECT * FROM document WHERE id = '%s'\" % doc_id)",
+        "conn.execute(\"SELECT * FROM document WHERE id = '{}'\".format(doc_id))",
+        'sql = "SELECT * FROM document WHERE name = " + row["name"]\n    conn.execute(sql)',
+        'where = "true"\n    where += f" AND id = {doc_id}"\n    conn.execute(f"SELECT 1 WHERE {where}")',
+        'conds = []\n    conds.append(doc_id)\n    conn.execute(" AND ".join(conds))',
+        'conn.execute(f"SELECT {_column(doc_id)} FROM document")',
+        'cols = ", ".join(c for c in doc_id)\n    conn.execute(f"SELECT {cols} FROM document")',
+        'conn.execute(f"SELECT * FROM {str(doc_id)}")',
+    ],
+)
 def test_the_rule_catches_values_in_a_statement(body: str) -> None:
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         NOW = "now()"
 
         def _column(name):
@@ -270,21 +305,24 @@ def test_the_rule_catches_values_in_a_statement(body: str) -> None:
 
         def find(conn, doc_id, row):
             {body}
-    ''').replace("{body}", body)
+    """).replace("{body}", body)
     assert len(SqlRule(source).violations()) == 1
 
 
-@pytest.mark.parametrize("body", [
-    'conn.execute("SELECT * FROM document WHERE id = %s", (doc_id,))',
-    'conn.execute(f"SELECT {COLUMNS[stage]} FROM document WHERE t < {NOW}")',
-    'conn.execute(f"SELECT {ORDER.get(stage, \'id\')} FROM document")',
-    'sets = ", ".join(f"{c} = NULL" for s in STAGES[STAGES.index(stage):] for c in COLUMNS[s])\n    '
-    'conn.execute(f"UPDATE document SET {sets}")',
-    'where, params = _filters(doc_id)\n    conn.execute(f"SELECT 1 WHERE {where}", params)',
-    'conn.execute(f"SELECT 1 WHERE {_gating(stage)}")',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        'conn.execute("SELECT * FROM document WHERE id = %s", (doc_id,))',
+        'conn.execute(f"SELECT {COLUMNS[stage]} FROM document WHERE t < {NOW}")',
+        "conn.execute(f\"SELECT {ORDER.get(stage, 'id')} FROM document\")",
+        'sets = ", ".join(f"{c} = NULL" for s in STAGES[STAGES.index(stage):] for c in COLUMNS[s])\n    '
+        'conn.execute(f"UPDATE document SET {sets}")',
+        'where, params = _filters(doc_id)\n    conn.execute(f"SELECT 1 WHERE {where}", params)',
+        'conn.execute(f"SELECT 1 WHERE {_gating(stage)}")',
+    ],
+)
 def test_the_rule_accepts_what_the_code_itself_fixes(body: str) -> None:
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         NOW = "now()"
         STAGES = ("download", "validate")
         COLUMNS = {"download": "downloaded", "validate": "validation"}
@@ -301,8 +339,25 @@ def test_the_rule_accepts_what_the_code_itself_fixes(body: str) -> None:
 
         def find(conn, doc_id, stage):
             {body}
-    ''').replace("{body}", body)
+    """).replace("{body}", body)
     assert SqlRule(source).violations() == []
+
+
+def test_a_constant_imported_from_its_package_module_counts_and_nothing_else_does() -> None:
+    source = textwrap.dedent("""
+        from iati_refresher.db.repository.common import NOW, one_row
+        from iati_refresher.db.repository.stage_sql import READY as WHEN_READY
+        from iati_refresher.stage_specs import STAGES
+
+        def find(conn, stage):
+            conn.execute(f"SELECT 1 FROM document d WHERE {WHEN_READY[stage]} AND t < {NOW}")
+            conn.execute(f"SELECT {one_row} FROM document")
+            conn.execute(f"SELECT {STAGES[0]} FROM document")
+    """)
+    rule = SqlRule(source)
+    assert {"NOW", "WHEN_READY"} <= rule.constants
+    assert not {"one_row", "STAGES"} & rule.constants
+    assert len(rule.violations()) == 2
 
 
 # --- secrets never in reprs or error messages ------------------------------------------------------
@@ -314,8 +369,12 @@ def test_connection_and_storage_objects_do_not_show_their_secrets() -> None:
     info = parse_connection("solr", f"http://indexer:{SECRET}@solr.example.org:8983/solr?key={SECRET}")
     assert info.password == SECRET
     assert SECRET not in repr(info)
-    config = BlobStoreConfig(backend="azure", connection=ConnectionInfo(
-        "refresher_blob", "wasb", extra={"connection_string": f"AccountName=a;AccountKey={SECRET}"}))
+    config = BlobStoreConfig(
+        backend="azure",
+        connection=ConnectionInfo(
+            "refresher_blob", "wasb", extra={"connection_string": f"AccountName=a;AccountKey={SECRET}"}
+        ),
+    )
     assert SECRET not in repr(config) and SECRET not in config.describe()
     assert SECRET not in repr(ValidatorClient("https://validator.example.org", key=SECRET))
     client = SolrClient(f"http://indexer:{SECRET}@127.0.0.1:8983/solr")
@@ -324,8 +383,10 @@ def test_connection_and_storage_objects_do_not_show_their_secrets() -> None:
 
 def test_a_solr_or_validator_that_cannot_be_reached_is_reported_without_credentials(tmp_path) -> None:
     port = services.free_port()
-    with SolrClient(f"http://indexer:{SECRET}@127.0.0.1:{port}/solr", max_retries=0) as solr, \
-            pytest.raises(SolrError) as info:
+    with (
+        SolrClient(f"http://indexer:{SECRET}@127.0.0.1:{port}/solr", max_retries=0) as solr,
+        pytest.raises(SolrError) as info,
+    ):
         solr.ping("activity")
     assert info.value.kind == "connection" and SECRET not in str(info.value)
     document = tmp_path / "a.xml"
@@ -346,8 +407,9 @@ def _no_preloaded_connections(monkeypatch):
 @pytest.mark.usefixtures("_no_preloaded_connections")
 def test_an_unreachable_slack_webhook_is_retried_without_logging_its_token(monkeypatch, caplog, capfd) -> None:
     url = f"http://127.0.0.1:{services.free_port()}/services/{TOKEN}"
-    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ONCALL", json.dumps(
-        {"conn_type": "slackwebhook", "password": url, "extra": {"timeout": 2}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SLACK_ONCALL", json.dumps({"conn_type": "slackwebhook", "password": url, "extra": {"timeout": 2}})
+    )
     with caplog.at_level(logging.DEBUG):
         alerts.on_failure({"dag_id": "iati_refresh", "run_id": "scheduled__1", "reason": "task_failure"})
     out, err = capfd.readouterr()

@@ -111,16 +111,21 @@ def test_delete_of_no_ids_sends_nothing():
 
 @pytest.mark.parametrize(
     ("value", "quoted"),
-    [("plain", '"plain"'), ('with "quotes"', '"with \\"quotes\\""'), ("back\\slash", '"back\\\\slash"'),
-     ("a:b (c) AND -d*", '"a:b (c) AND -d*"')],
+    [
+        ("plain", '"plain"'),
+        ('with "quotes"', '"with \\"quotes\\""'),
+        ("back\\slash", '"back\\\\slash"'),
+        ("a:b (c) AND -d*", '"a:b (c) AND -d*"'),
+    ],
 )
 def test_quote(value, quoted):
     assert quote(value) == quoted
 
 
 def _page(ids: list[str], cursor: str) -> httpx.Response:
-    return httpx.Response(200, json={"response": {"numFound": 5, "docs": [{"id": i} for i in ids]},
-                                     "nextCursorMark": cursor})
+    return httpx.Response(
+        200, json={"response": {"numFound": 5, "docs": [{"id": i} for i in ids]}, "nextCursorMark": cursor}
+    )
 
 
 def test_iter_ids_follows_the_cursor_until_it_stops_moving():
@@ -204,8 +209,9 @@ def test_client_errors_and_timeouts_are_not_retried(answer):
 
 def test_credentials_in_the_url_become_basic_auth_and_never_show():
     fake = Recorder(httpx.ConnectError("refused"))
-    client = SolrClient("http://admin:s3cr%40t@solr.test:8983/solr/", transport=httpx.MockTransport(fake),
-                        max_retries=0)
+    client = SolrClient(
+        "http://admin:s3cr%40t@solr.test:8983/solr/", transport=httpx.MockTransport(fake), max_retries=0
+    )
     assert client.base_url == "http://solr.test:8983/solr"
     with pytest.raises(SolrError) as raised:
         client.count("activity")
@@ -249,8 +255,16 @@ def test_hook_builds_the_client_from_the_airflow_connection(monkeypatch):
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_SOLR_TEST",
-        json.dumps({"conn_type": "http", "host": "solr", "port": 8983, "schema": "solr",
-                    "login": "indexer", "password": "not-logged"}),
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "solr",
+                "port": 8983,
+                "schema": "solr",
+                "login": "indexer",
+                "password": "not-logged",
+            }
+        ),
     )
     hook = SolrHook("solr_test", settings=Settings(solr_alias_suffix=""))
     client = hook.get_conn()

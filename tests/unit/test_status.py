@@ -32,10 +32,21 @@ def _hash(n: int) -> str:
     return f"{n:040x}"
 
 
-def _report(*, valid: bool, file_type: str = "iati-activities", version: str = "2.03",
-            critical: int = 0, meta: list[bool] | None = None) -> dict:
-    report = {"valid": valid, "fileType": file_type, "iatiVersion": version,
-              "summary": {"critical": critical, "error": 1, "warning": 2, "advisory": 0}, "errors": []}
+def _report(
+    *,
+    valid: bool,
+    file_type: str = "iati-activities",
+    version: str = "2.03",
+    critical: int = 0,
+    meta: list[bool] | None = None,
+) -> dict:
+    report = {
+        "valid": valid,
+        "fileType": file_type,
+        "iatiVersion": version,
+        "summary": {"critical": critical, "error": 1, "warning": 2, "advisory": 0},
+        "errors": [],
+    }
     if meta is not None:
         report[file_type] = [{"identifier": f"XM-1-{i}", "valid": ok, "index": i} for i, ok in enumerate(meta)]
     return report
@@ -52,37 +63,70 @@ class Docs:
 
     def add(self, name: str, publisher: str = "XM-DAC-1") -> dict:
         self.n += 1
-        doc = {"id": f"00000000-0000-0000-0000-{self.n:012d}", "hash": _hash(self.n), "name": name,
-               "url": f"https://user:secret@example.org/{name}.xml", "publisher": publisher,
-               "cached_dataset_url": f"https://bds.example.org/{name}.xml"}
+        doc = {
+            "id": f"00000000-0000-0000-0000-{self.n:012d}",
+            "hash": _hash(self.n),
+            "name": name,
+            "url": f"https://user:secret@example.org/{name}.xml",
+            "publisher": publisher,
+            "cached_dataset_url": f"https://bds.example.org/{name}.xml",
+        }
         repo.upsert_document(self.conn, doc, SEEN)
         return doc
 
-    def outcome(self, doc: dict, stage: str, status_: str, code: str | None = None, message: str | None = None,
-                *, retryable: bool = False, times: int = 1) -> None:
+    def outcome(
+        self,
+        doc: dict,
+        stage: str,
+        status_: str,
+        code: str | None = None,
+        message: str | None = None,
+        *,
+        retryable: bool = False,
+        times: int = 1,
+    ) -> None:
         for _ in range(times):
             repo.record_outcomes(
-                self.conn, stage,
-                [{"document_id": doc["id"], "hash": doc["hash"], "status": status_, "code": code,
-                  "message": message, "retryable": retryable}],
-                run_id="manual__1", max_attempts=SETTINGS.max_attempts, base_delay_s=600, max_delay_s=86400,
+                self.conn,
+                stage,
+                [
+                    {
+                        "document_id": doc["id"],
+                        "hash": doc["hash"],
+                        "status": status_,
+                        "code": code,
+                        "message": message,
+                        "retryable": retryable,
+                    }
+                ],
+                run_id="manual__1",
+                max_attempts=SETTINGS.max_attempts,
+                base_delay_s=600,
+                max_delay_s=86400,
             )
 
     def downloaded(self, doc: dict, *, hours_ago: float = 5) -> None:
         repo.finish_download(self.conn, [{"id": doc["id"], "hash": doc["hash"], "ok": True, "bytes": 100}])
-        self.conn.execute("UPDATE document SET downloaded = downloaded - make_interval(secs => %s) WHERE id = %s",
-                          (hours_ago * 3600, doc["id"]))
+        self.conn.execute(
+            "UPDATE document SET downloaded = downloaded - make_interval(secs => %s) WHERE id = %s",
+            (hours_ago * 3600, doc["id"]),
+        )
         self.outcome(doc, "download", "ok")
 
-    def download_failed(self, doc: dict, error: int, code: str, message: str, *, retryable: bool,
-                        times: int = 1) -> None:
-        repo.finish_download(self.conn, [{"id": doc["id"], "hash": doc["hash"], "ok": False,
-                                          "download_error": error}])
+    def download_failed(
+        self, doc: dict, error: int, code: str, message: str, *, retryable: bool, times: int = 1
+    ) -> None:
+        repo.finish_download(self.conn, [{"id": doc["id"], "hash": doc["hash"], "ok": False, "download_error": error}])
         self.outcome(doc, "download", "failed", code, message, retryable=retryable, times=times)
 
     def validated(self, doc: dict, report: dict, *, schema_valid: bool | None = None) -> None:
-        repo.save_validation(self.conn, doc, report, api_error=None,
-                             schema_valid=report["valid"] if schema_valid is None else schema_valid)
+        repo.save_validation(
+            self.conn,
+            doc,
+            report,
+            api_error=None,
+            schema_valid=report["valid"] if schema_valid is None else schema_valid,
+        )
         self.outcome(doc, "validate", "ok")
 
     def through(self, doc: dict, last: str, *, activities: int = 3) -> None:
@@ -160,8 +204,10 @@ def test_http_404_gives_up_and_parks(db, docs):
     row = one(db, "gone")
     assert (row["state"], row["parked_stage"], row["availability"]) == ("parked", "download", "No")
     assert row["reason"] == "The file could not be downloaded: the server answered HTTP 404 (Not Found)."
-    assert row["reasons"][1] == ("Gave up after 1 attempt. It is tried again when the publisher updates the file, "
-                                 "or when an operator re-runs it.")
+    assert row["reasons"][1] == (
+        "Gave up after 1 attempt. It is tried again when the publisher updates the file, "
+        "or when an operator re-runs it."
+    )
     assert row["last_error"]["gave_up"] is True
     assert row["last_error"]["next_attempt_at"] is None  # parked: it waits for a change, not for a time
 
@@ -239,8 +285,9 @@ def test_valid_file_validated(db, docs):
     assert row["timestamps"]["validated"] is not None
 
 
-@pytest.mark.parametrize(("last", "state"), [("clean", "cleaned"), ("flatten", "flattened"),
-                                              ("lakify", "lakified"), ("index", "indexed")])
+@pytest.mark.parametrize(
+    ("last", "state"), [("clean", "cleaned"), ("flatten", "flattened"), ("lakify", "lakified"), ("index", "indexed")]
+)
 def test_progress_through_the_stages(db, docs, last, state):
     doc = docs.add(f"progress-{last}")
     docs.downloaded(doc)
@@ -316,8 +363,10 @@ def test_schema_invalid_without_valid_activities_is_excluded(db, docs):
     docs.outcome(doc, "clean", "skipped", "no_valid_activities", "No valid activities")
     row = one(db, "all-bad")
     assert (row["state"], row["availability"]) == ("parked", "No")
-    assert row["reason"] == ("The file fails the IATI schema (4 critical errors) and none of its 3 activities is "
-                             "valid: nothing from it can go to the datastore.")
+    assert row["reason"] == (
+        "The file fails the IATI schema (4 critical errors) and none of its 3 activities is "
+        "valid: nothing from it can go to the datastore."
+    )
     assert row["errors"] == {"clean_error": "No valid activities"}
 
 
@@ -328,8 +377,10 @@ def test_partly_valid_file_is_partially_available(db, docs):
     docs.through(doc, "index", activities=2)
     row = one(db, "partial")
     assert (row["state"], row["availability"]) == ("indexed", "Partial")
-    assert row["reason"] == ("The file fails the IATI schema (1 critical error): 2 of 3 activities kept; "
-                             "the invalid ones are left out of the datastore.")
+    assert row["reason"] == (
+        "The file fails the IATI schema (1 critical error): 2 of 3 activities kept; "
+        "the invalid ones are left out of the datastore."
+    )
     assert row["activities"] == {"in_file": 3, "valid": 2, "flattened": 2, "indexed": 2}
 
 
@@ -341,10 +392,14 @@ def test_changed_file_keeps_the_old_version_searchable(db, docs):
     new = {**doc, "hash": _hash(999)}
     assert repo.upsert_document(db, new, SEEN)[0] == "updated"
     row = one(db, "republished")
-    assert (row["state"], row["availability"], row["indexed_version"]) == ("pending_download", "Old version",
-                                                                           "previous")
-    assert row["reasons"] == ["The previous version of this file is still searchable in the datastore while this "
-                              "version is processed."]
+    assert (row["state"], row["availability"], row["indexed_version"]) == (
+        "pending_download",
+        "Old version",
+        "previous",
+    )
+    assert row["reasons"] == [
+        "The previous version of this file is still searchable in the datastore while this version is processed."
+    ]
 
 
 def test_old_version_of_an_excluded_file(db, docs):
@@ -481,11 +536,13 @@ def test_gauges_from_the_database(db, docs):
 def test_prometheus_text_groups_and_escapes():
     from iati_refresher.metrics import Gauge, render_prometheus
 
-    text = render_prometheus([
-        Gauge("datasets_parked", 2, {"stage": "clean", "code": 'say "no"\\'}),
-        Gauge("registered_datasets", 12),
-        Gauge("datasets_parked", 1.5, {"stage": "index", "code": "x"}),
-    ])
+    text = render_prometheus(
+        [
+            Gauge("datasets_parked", 2, {"stage": "clean", "code": 'say "no"\\'}),
+            Gauge("registered_datasets", 12),
+            Gauge("datasets_parked", 1.5, {"stage": "index", "code": "x"}),
+        ]
+    )
     assert text.splitlines() == [
         "# HELP datasets_parked Datasets a stage skipped by rule or gave up on, by stage, outcome and code.",
         "# TYPE datasets_parked gauge",
@@ -511,8 +568,11 @@ def test_gauges_go_to_airflow_stats():
                 raise OSError("statsd down")
             self.sent.append((stat, value, tags))
 
-    gauges = [Gauge("datasets_to_index", 4), Gauge("datasets_parked", 1, {"stage": "clean", "code": "no valid/x"}),
-              Gauge("broken", 1)]
+    gauges = [
+        Gauge("datasets_to_index", 4),
+        Gauge("datasets_parked", 1, {"stage": "clean", "code": "no valid/x"}),
+        Gauge("broken", 1),
+    ]
     recorder = Recorder()
     assert emit_stats(gauges, recorder) == 2  # a failing backend is logged, not raised
     assert recorder.sent == [

@@ -19,8 +19,12 @@ SRC = str(VALID)  # a real file: the stage looks at its size and prolog before a
 NOW = datetime(2025, 3, 1, 12, 0, 0)
 SETTINGS = Settings(safety_check_period_s=7200)
 REPORT = {"valid": True, "fileType": "iati-activities", "summary": {"critical": 0, "error": 1, "warning": 2}}
-INVALID_REPORT = {"valid": False, "fileType": "iati-activities", "summary": {"critical": 3},
-                  "iati-activities": [{"identifier": "A", "valid": False, "index": 0}]}
+INVALID_REPORT = {
+    "valid": False,
+    "fileType": "iati-activities",
+    "summary": {"critical": 3},
+    "iati-activities": [{"identifier": "A", "valid": False, "index": 0}],
+}
 
 
 class ScriptedValidator:
@@ -44,8 +48,12 @@ class ScriptedValidator:
 
 def doc(**changes: Any) -> dict[str, Any]:
     base = {
-        "id": "doc-1", "hash": "abc", "downloaded": NOW - timedelta(hours=3), "file_schema_valid": None,
-        "black_flag": None, "regenerate_validation_report": False,
+        "id": "doc-1",
+        "hash": "abc",
+        "downloaded": NOW - timedelta(hours=3),
+        "file_schema_valid": None,
+        "black_flag": None,
+        "regenerate_validation_report": False,
     }
     return {**base, **changes}
 
@@ -104,7 +112,10 @@ def test_flagged_publisher_blocks_full_validation_of_invalid_files() -> None:
 def test_flagged_publisher_does_not_block_schema_valid_files() -> None:
     validator = ScriptedValidator(full=ValidatorResponse(200, REPORT))
     outcome = validate_document(
-        doc(file_schema_valid=True, black_flag=NOW, regenerate_validation_report=True), SRC, validator, SETTINGS,
+        doc(file_schema_valid=True, black_flag=NOW, regenerate_validation_report=True),
+        SRC,
+        validator,
+        SETTINGS,
         now=NOW,
     )
     assert validator.calls == [("full", SRC, False)]
@@ -116,12 +127,18 @@ def test_aware_datetimes_are_compared_in_utc() -> None:
     aware_now = datetime(2025, 3, 1, 13, 0, tzinfo=UTC)
 
     waiting = validate_document(
-        doc(file_schema_valid=False, downloaded=datetime(2025, 3, 1, 12, 0)), SRC, validator, SETTINGS,
+        doc(file_schema_valid=False, downloaded=datetime(2025, 3, 1, 12, 0)),
+        SRC,
+        validator,
+        SETTINGS,
         now=aware_now,
     )
     assert waiting.code == "waiting_safety_period"
     done = validate_document(
-        doc(file_schema_valid=False, downloaded=datetime(2025, 3, 1, 10, 59)), SRC, validator, SETTINGS,
+        doc(file_schema_valid=False, downloaded=datetime(2025, 3, 1, 10, 59)),
+        SRC,
+        validator,
+        SETTINGS,
         now=aware_now,
     )
     assert done.data["report"] == REPORT
@@ -137,10 +154,20 @@ def test_aware_datetimes_are_compared_in_utc() -> None:
         (ValidatorResponse(404, {"error": "not found"}), "failed", "http_404", False, 404),
         (ValidatorResponse(500, {"feedback": "x", "error": "boom"}), "failed", "http_500", True, 500),
         (ValidatorResponse(503, None, "HTTP 503, not JSON"), "failed", "http_503", True, 503),
-        (ValidatorResponse(None, None, "timeout: no answer within 3600 s"), "failed", "validator_unavailable",
-         True, None),
-        (ValidatorResponse(None, None, "connection error: ConnectError"), "failed", "validator_unavailable",
-         True, None),
+        (
+            ValidatorResponse(None, None, "timeout: no answer within 3600 s"),
+            "failed",
+            "validator_unavailable",
+            True,
+            None,
+        ),
+        (
+            ValidatorResponse(None, None, "connection error: ConnectError"),
+            "failed",
+            "validator_unavailable",
+            True,
+            None,
+        ),
         (ValidatorResponse(200, {"unexpected": 1}), "failed", "unexpected_answer", True, 200),
     ],
 )

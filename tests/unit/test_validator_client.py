@@ -181,8 +181,13 @@ def test_the_key_never_shows_in_repr_or_logs(caplog: pytest.LogCaptureFixture) -
 
 def test_client_from_connection_reads_url_key_and_overrides() -> None:
     conn = ConnectionInfo(
-        conn_id="iati_validator", conn_type="http", host="validator.example", port=8443, schema="api-root",
-        password="from-password", extra={"key_name": "x-k", "validate_path": "/v2/validate"},
+        conn_id="iati_validator",
+        conn_type="http",
+        host="validator.example",
+        port=8443,
+        schema="api-root",
+        password="from-password",
+        extra={"key_name": "x-k", "validate_path": "/v2/validate"},
     )
     c = client_from_connection(conn, Settings(validator_timeout_s=12.5))
 
@@ -248,8 +253,14 @@ def test_airflow_hook_builds_the_client_from_its_connection(monkeypatch: pytest.
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_IATI_VALIDATOR",
-        json.dumps({"conn_type": "http", "host": "https://validator.example", "schema": "validator",
-                    "extra": {"key": KEY, "key_name": "x-functions-key", "timeout_s": 30}}),
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "https://validator.example",
+                "schema": "validator",
+                "extra": {"key": KEY, "key_name": "x-functions-key", "timeout_s": 30},
+            }
+        ),
     )
 
     hook = IatiValidatorHook()

@@ -42,8 +42,15 @@ def write(tmp_path: Path, text: str | bytes, name: str = "doc.xml") -> str:
 
 
 def doc(**changes: Any) -> dict[str, Any]:
-    return {"id": "doc-1", "hash": "abc", "downloaded": NOW - timedelta(hours=3), "file_schema_valid": None,
-            "black_flag": None, "regenerate_validation_report": False, **changes}
+    return {
+        "id": "doc-1",
+        "hash": "abc",
+        "downloaded": NOW - timedelta(hours=3),
+        "file_schema_valid": None,
+        "black_flag": None,
+        "regenerate_validation_report": False,
+        **changes,
+    }
 
 
 class NeverAsked:
@@ -70,14 +77,17 @@ EXTERNAL_ENTITY = (
     f"{ROOT}{activity('A-&xxe;')}</iati-activities>"
 )
 HARMLESS_DOCTYPE = f'<?xml version="1.0"?>\n<!DOCTYPE iati-activities>\n{ROOT}{activity("A-1")}</iati-activities>'
-HTML = '<!DOCTYPE html>\n<html><head><title>Not found</title></head><body><p>Sorry</p></body></html>'
+HTML = "<!DOCTYPE html>\n<html><head><title>Not found</title></head><body><p>Sorry</p></body></html>"
 
 
 # --- V1, V6, V7: DOCTYPEs and entities never reach a Validator, whichever is configured --------
 
 
-@pytest.mark.parametrize("content", [BILLION_LAUGHS, EXTERNAL_ENTITY, HARMLESS_DOCTYPE, HTML],
-                         ids=["billion-laughs", "external-entity", "harmless-doctype", "html"])
+@pytest.mark.parametrize(
+    "content",
+    [BILLION_LAUGHS, EXTERNAL_ENTITY, HARMLESS_DOCTYPE, HTML],
+    ids=["billion-laughs", "external-entity", "harmless-doctype", "html"],
+)
 @pytest.mark.parametrize("backend", ["api", "builtin"])
 def test_a_file_with_a_doctype_is_skipped_once_with_its_reason_and_never_sent(
     tmp_path: Path, content: str, backend: str
@@ -97,11 +107,13 @@ def test_a_file_with_a_doctype_is_skipped_once_with_its_reason_and_never_sent(
 def test_a_500_keeps_what_the_validator_said(tmp_path: Path) -> None:
     class Failing(NeverAsked):
         def schema_validate(self, path: str) -> ValidatorResponse:
-            return ValidatorResponse(500, {"feedback": "unhandled server error please contact the iati technical team",
-                                           "error": {}})
+            return ValidatorResponse(
+                500, {"feedback": "unhandled server error please contact the iati technical team", "error": {}}
+            )
 
-    outcome = validate_document(doc(), write(tmp_path, f"{ROOT}{activity('A-1')}</iati-activities>"), Failing(),
-                                SETTINGS, now=NOW)
+    outcome = validate_document(
+        doc(), write(tmp_path, f"{ROOT}{activity('A-1')}</iati-activities>"), Failing(), SETTINGS, now=NOW
+    )
 
     assert (outcome.status, outcome.code, outcome.retryable) == ("failed", "http_500", True)
     assert "unhandled server error please contact the iati technical team" in (outcome.message or "")
@@ -136,8 +148,11 @@ def test_a_bad_root_attribute_makes_every_activity_invalid(tmp_path: Path) -> No
     assert meta_validity(path) == [False, False, False]  # the real Validator keeps 0 of 3
 
 
-@pytest.mark.parametrize("between", ["stray text", "<unexpected/>", '<ext:note xmlns:ext="urn:ext">n</ext:note>'],
-                         ids=["text", "element", "foreign-element"])
+@pytest.mark.parametrize(
+    "between",
+    ["stray text", "<unexpected/>", '<ext:note xmlns:ext="urn:ext">n</ext:note>'],
+    ids=["text", "element", "foreign-element"],
+)
 def test_content_between_activities_makes_the_next_activity_invalid(tmp_path: Path, between: str) -> None:
     body = f"{activity('A-1')}{between}{activity('A-2')}{activity('A-3', valid=False)}"
     path = write(tmp_path, f"{ROOT}{body}</iati-activities>")
@@ -163,8 +178,12 @@ def test_a_commented_out_activity_shifting_the_meta_keeps_nothing_instead_of_the
     body = f"{activity('A-1')}<!-- {activity('OLD-1')} -->{activity('A-2', valid=False)}{activity('A-3')}"
     source = write(tmp_path, f"{ROOT}{body}</iati-activities>")
     # what the real Validator answered for such a file: four entries, the comment's counted
-    meta = [{"identifier": "A-1", "valid": True, "index": 0}, {"identifier": "OLD-1", "valid": True, "index": 1},
-            {"identifier": "A-2", "valid": False, "index": 2}, {"identifier": "A-3", "valid": True, "index": 3}]
+    meta = [
+        {"identifier": "A-1", "valid": True, "index": 0},
+        {"identifier": "OLD-1", "valid": True, "index": 1},
+        {"identifier": "A-2", "valid": False, "index": 2},
+        {"identifier": "A-3", "valid": True, "index": 3},
+    ]
     out = tmp_path / "clean.xml"
 
     with pytest.raises(CleanSkipped) as skipped:
@@ -187,9 +206,12 @@ def test_meta_that_matches_by_identifier_and_position_is_followed(tmp_path: Path
     body = f"{activity('A-1')}{activity('A-2', valid=False)}{activity('A-1')}{activity('')}"
     source = write(tmp_path, f"{ROOT}{body}</iati-activities>")
     # the Validator's names for a repeated identifier and a missing one
-    meta = [{"identifier": "A-1", "valid": True, "index": 0}, {"identifier": " A-2\n", "valid": False, "index": 1},
-            {"identifier": "A-1(2)", "valid": True, "index": 2}, {"identifier": "noIdentifier", "valid": False,
-                                                                   "index": 3}]
+    meta = [
+        {"identifier": "A-1", "valid": True, "index": 0},
+        {"identifier": " A-2\n", "valid": False, "index": 1},
+        {"identifier": "A-1(2)", "valid": True, "index": 2},
+        {"identifier": "noIdentifier", "valid": False, "index": 3},
+    ]
     out = tmp_path / "clean.xml"
     result = clean_file(source, invalid_report(meta), out)
     assert (result.activities_total, result.activities_kept) == (4, 2)
@@ -224,8 +246,9 @@ def test_a_file_above_the_validation_limit_is_skipped_too_large_by_both_paths(tm
 
 def test_a_file_within_the_limit_is_validated(tmp_path: Path) -> None:
     path = write(tmp_path, f"{ROOT}{activity('A-1')}</iati-activities>")
-    outcome = validate_document(doc(), path, BuiltinValidatorClient(), Settings(validator_max_bytes=len(
-        Path(path).read_bytes())), now=NOW)
+    outcome = validate_document(
+        doc(), path, BuiltinValidatorClient(), Settings(validator_max_bytes=len(Path(path).read_bytes())), now=NOW
+    )
     assert (outcome.status, outcome.data["report"]["valid"]) == ("ok", True)
 
 

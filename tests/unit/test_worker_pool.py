@@ -18,8 +18,14 @@ from iati_refresher.worker_pool import PoolLimits, run_documents
 
 def _ok(doc: dict[str, Any], settings: Any) -> dict[str, Any]:
     print("a library printing to stdout must not break the protocol")
-    return {"document_id": doc["id"], "status": "ok", "code": None, "message": None, "retryable": False,
-            "data": {"pid": os.getpid(), "setting": settings}}
+    return {
+        "document_id": doc["id"],
+        "status": "ok",
+        "code": None,
+        "message": None,
+        "retryable": False,
+        "data": {"pid": os.getpid(), "setting": settings},
+    }
 
 
 def _misbehave(doc: dict[str, Any], settings: Any) -> dict[str, Any]:
@@ -112,8 +118,10 @@ def test_no_worker_outlives_its_task_process(tmp_path) -> None:
     workers: set[int] = set()
     deadline = time.monotonic() + 60
     while len(workers) < 2 and time.monotonic() < deadline:
-        workers = {int(p) for p in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True,
-                                                   text=True).stdout.split()}
+        workers = {
+            int(p)
+            for p in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+        }
         time.sleep(0.2)
     assert len(workers) == 2, "two workers started"
     pids_file.write_text(" ".join(map(str, workers)))
@@ -136,12 +144,12 @@ def _alive(pid: int) -> bool:
 def test_stopping_early_ends_the_workers() -> None:
     """The caller stops reading (an exception while recording outcomes) while a worker is busy."""
     docs = [{"id": "sleeper"}] + [{"id": f"d{i}"} for i in range(5)]
-    iterator = run_documents(_misbehave, docs, None, size=3, connections={},
-                             limits=PoolLimits(document_timeout_s=120))
+    iterator = run_documents(_misbehave, docs, None, size=3, connections={}, limits=PoolLimits(document_timeout_s=120))
     started = time.monotonic()
     next(iterator)  # a quick one finishes first; the sleeper is still running
     iterator.close()
     assert time.monotonic() - started < 40
-    children = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "iati_refresher.worker_pool"],
-                              capture_output=True, text=True).stdout.split()
+    children = subprocess.run(
+        ["pgrep", "-P", str(os.getpid()), "-f", "iati_refresher.worker_pool"], capture_output=True, text=True
+    ).stdout.split()
     assert children == []

@@ -30,8 +30,18 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     "application_name": "iati-refresher",
 }
 #: Extras PostgresHook reads itself rather than passing to libpq.
-HOOK_ONLY_EXTRAS = {"iam", "redshift", "redshift-serverless", "cursor", "cluster-identifier", "workgroup-name",
-                    "aws_conn_id", "sqlalchemy_scheme", "sqlalchemy_query", "azure_conn_id"}
+HOOK_ONLY_EXTRAS = {
+    "iam",
+    "redshift",
+    "redshift-serverless",
+    "cursor",
+    "cluster-identifier",
+    "workgroup-name",
+    "aws_conn_id",
+    "sqlalchemy_scheme",
+    "sqlalchemy_query",
+    "azure_conn_id",
+}
 #: Set by the CLI: open connections without importing Airflow.
 LIGHT_CLIENTS = [False]
 

@@ -13,10 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-
 from iati_refresher import __version__
 from iati_refresher.db import repository as repo
+from iati_refresher.db.types import Db
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 NO_SCHEMA = -1
@@ -56,11 +55,11 @@ def latest_number(directory: str | Path) -> int:
     return len(load_migrations(directory)) - 1
 
 
-def current(conn: psycopg.Connection) -> int:
+def current(conn: Db) -> int:
     return repo.current_migration(conn)
 
 
-def migrate(conn: psycopg.Connection, directory: str | Path, target: int | None = None) -> tuple[int, int]:
+def migrate(conn: Db, directory: str | Path, target: int | None = None) -> tuple[int, int]:
     """Move the database to ``target`` (default: the latest).  Returns (from, to).
 
     ``target = -1`` removes the whole schema.  Everything happens in one transaction:
@@ -94,12 +93,10 @@ def migrate(conn: psycopg.Connection, directory: str | Path, target: int | None 
         raise
 
 
-def require(conn: psycopg.Connection, expected: int) -> None:
+def require(conn: Db, expected: int) -> None:
     """Refuse to work against a database at another migration (every task calls this)."""
     found = repo.current_migration(conn)
     conn.rollback()
     if found != expected:
         hint = "run the iati_refresh DAG (it migrates first) or `refresher db upgrade`"
-        raise SchemaMismatch(
-            f"the refresher database is at migration {found}, this code needs {expected}; {hint}"
-        )
+        raise SchemaMismatch(f"the refresher database is at migration {found}, this code needs {expected}; {hint}")

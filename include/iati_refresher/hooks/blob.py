@@ -30,8 +30,14 @@ class RefresherWasbHook(WasbHook):
 
     default_conn_name = BLOB_STORAGE
 
-    def __init__(self, wasb_conn_id: str = BLOB_STORAGE, *, connection: ConnectionInfo | None = None,
-                 client_options: dict[str, Any] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        wasb_conn_id: str = BLOB_STORAGE,
+        *,
+        connection: ConnectionInfo | None = None,
+        client_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(wasb_conn_id=wasb_conn_id, **kwargs)
         self._resolved = connection
         self._client_options = dict(client_options or {})
@@ -41,20 +47,39 @@ class RefresherWasbHook(WasbHook):
 
         if self._resolved is not None:
             info = self._resolved
-            conn = Connection(conn_id=conn_id, conn_type=info.conn_type or "wasb", host=info.host or None,
-                              login=info.login or None, password=info.password or None, schema=info.schema or None,
-                              port=info.port, extra=json.dumps(info.extra))
+            conn = Connection(
+                conn_id=conn_id,
+                conn_type=info.conn_type or "wasb",
+                host=info.host or None,
+                login=info.login or None,
+                password=info.password or None,
+                schema=info.schema or None,
+                port=info.port,
+                extra=json.dumps(info.extra),
+            )
         else:
             conn = super().get_connection(conn_id)
         extra = {**self._client_options, **(conn.extra_dejson or {})}
-        return Connection(conn_id=conn.conn_id, conn_type=conn.conn_type, host=conn.host, login=conn.login,
-                          password=conn.password, schema=conn.schema, port=conn.port, extra=json.dumps(extra))
+        return Connection(
+            conn_id=conn.conn_id,
+            conn_type=conn.conn_type,
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            schema=conn.schema,
+            port=conn.port,
+            extra=json.dumps(extra),
+        )
 
     def get_store(self, settings: Settings | None = None) -> AzureBlobStore:
         """The refresher's blob store on this connection."""
         settings = settings or get_settings()
         info = self._resolved or get_connection(self.conn_id)
-        config = BlobStoreConfig(backend="azure", connection=info, retry_total=settings.blob_retry_total,
-                                 retry_backoff_s=settings.blob_retry_backoff_s)
+        config = BlobStoreConfig(
+            backend="azure",
+            connection=info,
+            retry_total=settings.blob_retry_total,
+            retry_backoff_s=settings.blob_retry_backoff_s,
+        )
         self._client_options = {**config.client_options(), **self._client_options}
         return AzureBlobStore(service=self.get_conn())

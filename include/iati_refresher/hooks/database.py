@@ -20,8 +20,9 @@ from iati_refresher.connections import REFRESHER_DB, ConnectionInfo
 class RefresherDatabaseHook(PostgresHook):
     default_conn_name = REFRESHER_DB
 
-    def __init__(self, postgres_conn_id: str = REFRESHER_DB, *, connection: ConnectionInfo | None = None,
-                 **kwargs: Any):
+    def __init__(
+        self, postgres_conn_id: str = REFRESHER_DB, *, connection: ConnectionInfo | None = None, **kwargs: Any
+    ):
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self._resolved = connection
 
@@ -32,11 +33,26 @@ class RefresherDatabaseHook(PostgresHook):
 
         if self._resolved is not None:
             info = self._resolved
-            conn = Connection(conn_id=conn_id, conn_type="postgres", host=info.host or None,
-                              login=info.login or None, password=info.password or None, schema=info.schema or None,
-                              port=info.port, extra=json.dumps(info.extra))
+            conn = Connection(
+                conn_id=conn_id,
+                conn_type="postgres",
+                host=info.host or None,
+                login=info.login or None,
+                password=info.password or None,
+                schema=info.schema or None,
+                port=info.port,
+                extra=json.dumps(info.extra),
+            )
         else:
             conn = super().get_connection(conn_id)
         extra = {**CLIENT_DEFAULTS, **(conn.extra_dejson or {})}
-        return Connection(conn_id=conn.conn_id, conn_type=conn.conn_type, host=conn.host, login=conn.login,
-                          password=conn.password, schema=conn.schema, port=conn.port, extra=json.dumps(extra))
+        return Connection(
+            conn_id=conn.conn_id,
+            conn_type=conn.conn_type,
+            host=conn.host,
+            login=conn.login,
+            password=conn.password,
+            schema=conn.schema,
+            port=conn.port,
+            extra=json.dumps(extra),
+        )

@@ -15,7 +15,8 @@ from airflow.sdk import BaseHook
 
 from iati_refresher import connections
 from iati_refresher.connections import ConnectionInfo
-from iati_refresher.registry.base import RegistrySource, build_source
+from iati_refresher.registry.base import RegistrySource
+from iati_refresher.registry.sources import build_source
 from iati_refresher.settings import Settings, get_settings
 
 
@@ -31,8 +32,7 @@ class IatiRegistryHook(BaseHook):
     conn_type = "iati_registry"
     hook_name = "IATI Registry (Bulk Data Service or CKAN)"
 
-    def __init__(self, iati_registry_conn_id: str = default_conn_name, settings: Settings | None = None,
-                 **kwargs: Any):
+    def __init__(self, iati_registry_conn_id: str = default_conn_name, settings: Settings | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.iati_registry_conn_id = iati_registry_conn_id
         self.settings = settings or get_settings()

@@ -31,8 +31,9 @@ class IatiValidatorHook(BaseHook):
     conn_type = "iati_validator"
     hook_name = "IATI Validator API"
 
-    def __init__(self, iati_validator_conn_id: str = default_conn_name, settings: Settings | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, iati_validator_conn_id: str = default_conn_name, settings: Settings | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.iati_validator_conn_id = iati_validator_conn_id
         self.settings = settings or get_settings()

@@ -26,11 +26,7 @@ def identifier_of(activity: Any) -> str:
     """The normalised identifier of an ``iati-activity`` element ('' when absent or empty)."""
     for child in activity:
         if child.tag == "iati-identifier":
-            parts = [
-                piece
-                for node in child.iter()
-                for piece in _own_texts(node, child)
-            ]
+            parts = [piece for node in child.iter() for piece in _own_texts(node, child)]
             return normalise_identifier("".join(parts))
     return ""
 
@@ -46,13 +42,6 @@ def _own_texts(node: Any, top: Any) -> list[str]:
 
 def identifier_hash(identifier: str) -> str:
     return hashlib.sha1(identifier.encode("utf-8")).hexdigest()
-
-
-def sha1_hex(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
-
-
-
 
 
 def lake_name(document_id: str, identifier: str, occurrence: int, extension: str) -> str:

@@ -34,15 +34,26 @@ def describe(env: dict[str, str], *, sample_registry: str | None, local_solr: st
         return f"the {connection} connection" if env.get(variable) else default
 
     return [
-        "blob storage   " + chosen("AIRFLOW_CONN_REFRESHER_BLOB", "refresher_blob",
-                                   f"local directory {env.get('REFRESHER_LOCAL_BLOB_DIR', '')}"),
-        "registry       " + (f"the sample registry at {sample_registry}" if sample_registry
-                             else "the iati_registry connection"),
+        "blob storage   "
+        + chosen(
+            "AIRFLOW_CONN_REFRESHER_BLOB",
+            "refresher_blob",
+            f"local directory {env.get('REFRESHER_LOCAL_BLOB_DIR', '')}",
+        ),
+        "registry       "
+        + (f"the sample registry at {sample_registry}" if sample_registry else "the iati_registry connection"),
         "validator      " + chosen("AIRFLOW_CONN_IATI_VALIDATOR", "iati_validator", "built-in schema validator"),
-        "Solr           " + (f"SolrCloud at {local_solr} (solr/runner, Solr's own artifacts)" if local_solr
-                             else chosen("AIRFLOW_CONN_SOLR", "solr", "not configured: indexing skipped")),
+        "Solr           "
+        + (
+            f"SolrCloud at {local_solr} (solr/runner, Solr's own artifacts)"
+            if local_solr
+            else chosen("AIRFLOW_CONN_SOLR", "solr", "not configured: indexing skipped")
+        ),
         f"safety period  {env.get('REFRESHER_SAFETY_CHECK_PERIOD_S', '7200')} s",
-        "kind           " + ("embedded run: missing connections fall back to the local defaults"
-                             if env.get("REFRESHER_EMBEDDED", "").lower() in ("1", "true", "yes")
-                             else "deployment: a missing connection fails the preflight"),
+        "kind           "
+        + (
+            "embedded run: missing connections fall back to the local defaults"
+            if env.get("REFRESHER_EMBEDDED", "").lower() in ("1", "true", "yes")
+            else "deployment: a missing connection fails the preflight"
+        ),
     ]

@@ -62,8 +62,7 @@ def _apt_install(*packages: str) -> bool:
         done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             # The package lists of a fresh machine may be missing: update once, try again.
-            subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             print(f"apt-get failed: {done.stderr.strip()[-500:]}", file=sys.stderr)
@@ -86,10 +85,15 @@ def _pg_candidates() -> list[Path]:
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            found.append(Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
-                                             check=True).stdout.strip()))
-    for pattern in ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin",
-                    "/usr/local/opt/postgresql@*/bin"):
+            found.append(
+                Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
+            )
+    for pattern in (
+        "/usr/lib/postgresql/*/bin",
+        "/usr/pgsql-*/bin",
+        "/opt/homebrew/opt/postgresql@*/bin",
+        "/usr/local/opt/postgresql@*/bin",
+    ):
         found.extend(Path(p) for p in sorted(glob.glob(pattern), key=_version_key, reverse=True))
     found.append(Path("/usr/local/pgsql/bin"))
     initdb = shutil.which("initdb")
@@ -103,12 +107,16 @@ def _pgserver_bindir() -> Path | None:
     try:
         import pgserver  # type: ignore[import-not-found]
     except ImportError:
-        if shutil.which("uv") is None and subprocess.run([sys.executable, "-m", "uv", "--version"],
-                                                         capture_output=True).returncode != 0:
+        if (
+            shutil.which("uv") is None
+            and subprocess.run([sys.executable, "-m", "uv", "--version"], capture_output=True).returncode != 0
+        ):
             return None
         print(f"installing pgserver=={PGSERVER_VERSION} (an embedded PostgreSQL) ...", file=sys.stderr, flush=True)
-        done = subprocess.run([sys.executable, "-m", "uv", "pip", "install", "-q", "-p", sys.executable,
-                               f"pgserver=={PGSERVER_VERSION}"], capture_output=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "uv", "pip", "install", "-q", "-p", sys.executable, f"pgserver=={PGSERVER_VERSION}"],
+            capture_output=True,
+        )
         if done.returncode != 0:
             return None
         import pgserver  # type: ignore[import-not-found]
@@ -183,8 +191,11 @@ class LocalPostgres:
         command = [str(self.bindir / args[0]), *args[1:]]
         if owner:
             runuser = shutil.which("runuser")
-            command = [runuser, "-u", owner, "--", *command] if runuser else [
-                "su", "-s", "/bin/sh", owner, "-c", " ".join(f"'{a}'" for a in command)]
+            command = (
+                [runuser, "-u", owner, "--", *command]
+                if runuser
+                else ["su", "-s", "/bin/sh", owner, "-c", " ".join(f"'{a}'" for a in command)]
+            )
         # cwd: the owner may not be able to enter ours.
         done = subprocess.run(command, capture_output=True, text=True, cwd="/", check=False)
         if check and done.returncode != 0:
@@ -219,18 +230,44 @@ class LocalPostgres:
         """Create the cluster if needed and start it (a running one is reused)."""
         self._prepare_dirs()
         if not self.initialised():
-            self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                      "--locale=C", *([] if self.durable else ["--no-sync"]))
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                *([] if self.durable else ["--no-sync"]),
+            )
         if self.running():
             return self
         if port_open(self.port):
             raise ServerUnavailable(f"port {self.port} is in use by another program; choose another port")
-        options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", "-c unix_socket_directories=''",
-                   f"-c max_connections={self.max_connections}", "-c synchronous_commit=off"]
+        options = [
+            f"-p {self.port}",
+            "-c listen_addresses=127.0.0.1",
+            "-c unix_socket_directories=''",
+            f"-c max_connections={self.max_connections}",
+            "-c synchronous_commit=off",
+        ]
         if not self.durable:
             options += ["-c fsync=off", "-c full_page_writes=off"]
-        self._run("pg_ctl", "start", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
-                  "-o", " ".join(options))
+        self._run(
+            "pg_ctl",
+            "start",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            " ".join(options),
+        )
         deadline = time.monotonic() + 30
         while not port_open(self.port):
             if time.monotonic() > deadline:
@@ -325,9 +362,27 @@ class LocalRedis:
         binary = redis_server_binary(self.work_dir / "bin")
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(binary), "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.work_dir), "--daemonize", "no"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [
+                    str(binary),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--protected-mode",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.work_dir),
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.pid_file.write_text(str(self.proc.pid))
         deadline = time.monotonic() + 30

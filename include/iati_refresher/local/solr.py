@@ -55,8 +55,12 @@ def build_runner(*, quiet: bool = True) -> list[str]:
         reason = java_available()
         if reason:
             raise SolrUnavailable(reason)
-        done = subprocess.run(["mvn", "-B", *(["-q"] if quiet else []), "package", "-DskipTests"],
-                              cwd=RUNNER_DIR, capture_output=True, text=True)
+        done = subprocess.run(
+            ["mvn", "-B", *(["-q"] if quiet else []), "package", "-DskipTests"],
+            cwd=RUNNER_DIR,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise SolrUnavailable(f"building solr/runner failed: {(done.stdout + done.stderr)[-3000:]}")
     return [str(jar), *classpath.read_text().strip().split(os.pathsep)]
@@ -65,8 +69,15 @@ def build_runner(*, quiet: bool = True) -> list[str]:
 class LocalSolrCloud:
     """One SolrCloud of ours; ``url`` is the first node's base URL (``http://127.0.0.1:P/solr``)."""
 
-    def __init__(self, *, nodes: int = 1, heap_mb: int = 512, base_dir: Path | None = None,
-                 configsets: Path = CONFIGSETS_DIR, log_file: Path | None = None):
+    def __init__(
+        self,
+        *,
+        nodes: int = 1,
+        heap_mb: int = 512,
+        base_dir: Path | None = None,
+        configsets: Path = CONFIGSETS_DIR,
+        log_file: Path | None = None,
+    ):
         self.nodes_wanted = nodes
         self.heap_mb = heap_mb
         self.base_dir = base_dir
@@ -94,12 +105,27 @@ class LocalSolrCloud:
         log_path = self.log_file or (self.base_dir / "runner.log")
         log: IO[str] = open(log_path, "a")  # noqa: SIM115 - the runner writes it while it runs
         self.proc = subprocess.Popen(
-            ["java", f"-Xmx{self.heap_mb}m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true",
-             "-DmetricsEnabled=true",  # MiniSolrCloudCluster turns Solr's metrics off unless asked
-             "-cp", os.pathsep.join(classpath), MAIN_CLASS,
-             "--configsets", str(self.configsets), "--base-dir", str(self.base_dir / "cluster"),
-             "--nodes", str(self.nodes_wanted)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
+            [
+                "java",
+                f"-Xmx{self.heap_mb}m",
+                "-XX:+UseSerialGC",
+                "-Djava.net.preferIPv4Stack=true",
+                "-DmetricsEnabled=true",  # MiniSolrCloudCluster turns Solr's metrics off unless asked
+                "-cp",
+                os.pathsep.join(classpath),
+                MAIN_CLASS,
+                "--configsets",
+                str(self.configsets),
+                "--base-dir",
+                str(self.base_dir / "cluster"),
+                "--nodes",
+                str(self.nodes_wanted),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            bufsize=1,
             start_new_session=True,
         )
         log.close()
@@ -186,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    print(f"SolrCloud at {cloud.url} ({args.nodes} node{'s' if args.nodes > 1 else ''}, heap {args.heap_mb} MB, "
-          f"embedded ZooKeeper {cloud.info['zk']})")
+    print(
+        f"SolrCloud at {cloud.url} ({args.nodes} node{'s' if args.nodes > 1 else ''}, heap {args.heap_mb} MB, "
+        f"embedded ZooKeeper {cloud.info['zk']})"
+    )
     print("collections: " + ", ".join(f"{n}_1 (aliases {n}, {n}_solrize)" for n in COLLECTIONS))
     print(f"""use it:  export AIRFLOW_CONN_SOLR='{{"conn_type": "iati_solr", "host": "{cloud.url}"}}'""")
     print(f"search:  curl '{cloud.url}/activity/select?q=*:*&rows=3'")

@@ -82,28 +82,30 @@ class AirflowStack:
         bindir = str(Path(sys.executable).parent)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env.update({
-            "PATH": f"{bindir}:{env.get('PATH', '')}",
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # the connection forms' Test button
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__EXECUTOR": self.executor,
-            "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_uri,
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(self.api_port),
-            "AIRFLOW__API__BASE_URL": self.base_url,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        })
+        env.update(
+            {
+                "PATH": f"{bindir}:{env.get('PATH', '')}",
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_DIR / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_DIR / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # the connection forms' Test button
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__CORE__EXECUTOR": self.executor,
+                "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_uri,
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(self.api_port),
+                "AIRFLOW__API__BASE_URL": self.base_url,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            }
+        )
         if self.heartbeat_timeout_s is not None:
             env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = str(self.heartbeat_timeout_s)
             env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL"] = "5"
@@ -111,20 +113,28 @@ class AirflowStack:
             if not self.broker_url:
                 raise StackError("the CeleryExecutor needs a broker_url (Redis)")
             result_backend = "db+" + self.metadata_uri.replace("+psycopg2", "").replace("+psycopg", "")
-            env.update({
-                "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
-                "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
-                "AIRFLOW__CELERY__POOL": self.worker_pool,
-                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
-            })
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+                    "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
+                    "AIRFLOW__CELERY__POOL": self.worker_pool,
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                }
+            )
         env.update(self.environment)
         return env
 
     # --- life cycle --------------------------------------------------------------------------------
 
     def _airflow(self, *args: str, timeout: float = 300) -> str:
-        done = subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=self.env(),
-                              capture_output=True, text=True, timeout=timeout, cwd=PROJECT_DIR)
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=PROJECT_DIR,
+        )
         if done.returncode != 0:
             raise StackError(f"airflow {' '.join(args)} failed: {(done.stderr or done.stdout)[-2000:]}")
         return done.stdout
@@ -138,15 +148,26 @@ class AirflowStack:
         passwords.write_text(json.dumps({"admin": self.admin_password}))
         passwords.chmod(0o600)
         self._airflow("db", "migrate")
-        subprocess.run([sys.executable, "-m", "iati_refresher.airflow_setup"], env=self.env(), check=True,
-                       capture_output=True, cwd=PROJECT_DIR)
+        subprocess.run(
+            [sys.executable, "-m", "iati_refresher.airflow_setup"],
+            env=self.env(),
+            check=True,
+            capture_output=True,
+            cwd=PROJECT_DIR,
+        )
 
     def _spawn(self, name: str, *args: str, extra_env: Mapping[str, str] | None = None) -> None:
         env = {**self.env(), **(extra_env or {})}
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - kept open by the child
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), *args], env=env, cwd=PROJECT_DIR,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "airflow"), *args],
+            env=env,
+            cwd=PROJECT_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         self.processes[name] = proc
         (self.pid_dir / f"{name}.pid").write_text(str(proc.pid))
@@ -167,9 +188,19 @@ class AirflowStack:
 
     def start_worker(self, number: int) -> None:
         name = f"worker{number}"
-        self._spawn(f"celery-{name}", "celery", "worker", "--skip-serve-logs", "--without-mingle",
-                    "--without-gossip", "-H", f"{name}@%h", "-c", str(self.worker_concurrency),
-                    extra_env={WORKER_NAME_VARIABLE: name})
+        self._spawn(
+            f"celery-{name}",
+            "celery",
+            "worker",
+            "--skip-serve-logs",
+            "--without-mingle",
+            "--without-gossip",
+            "-H",
+            f"{name}@%h",
+            "-c",
+            str(self.worker_concurrency),
+            extra_env={WORKER_NAME_VARIABLE: name},
+        )
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -180,8 +211,10 @@ class AirflowStack:
             with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
                 with urllib.request.urlopen(f"{self.base_url}/api/v2/monitor/health", timeout=5) as response:
                     health = json.load(response)
-                if health.get("scheduler", {}).get("status") == "healthy" and (
-                        health.get("dag_processor") or {}).get("status") == "healthy":
+                if (
+                    health.get("scheduler", {}).get("status") == "healthy"
+                    and (health.get("dag_processor") or {}).get("status") == "healthy"
+                ):
                     return
             time.sleep(1)
         raise StackError(f"Airflow did not become healthy within {timeout_s:.0f} s; see {self.log_dir}")
@@ -231,15 +264,20 @@ class AirflowStack:
 
     def _token(self) -> str:
         body = json.dumps({"username": "admin", "password": self.admin_password}).encode()
-        request = urllib.request.Request(f"{self.base_url}/auth/token", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base_url}/auth/token", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return str(json.load(response)["access_token"])
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.base_url}/api/v2{path}", data=data, method=method, headers={
-            "Content-Type": "application/json", "Authorization": f"Bearer {self._token()}"})
+        request = urllib.request.Request(
+            f"{self.base_url}/api/v2{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._token()}"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 payload = response.read()

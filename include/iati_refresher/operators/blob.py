@@ -29,9 +29,19 @@ class RefresherBlobOperator(BaseOperator):
     template_fields: Sequence[str] = ("container", "name", "names", "prefix", "path")
     ui_color = "#e0f2fe"
 
-    def __init__(self, *, action: str, container: str, name: str | None = None, names: Sequence[str] | None = None,
-                 prefix: str = "", path: str | None = None, data: bytes | None = None,
-                 blob_conn_id: str = BLOB_STORAGE, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        action: str,
+        container: str,
+        name: str | None = None,
+        names: Sequence[str] | None = None,
+        prefix: str = "",
+        path: str | None = None,
+        data: bytes | None = None,
+        blob_conn_id: str = BLOB_STORAGE,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {', '.join(ACTIONS)}, not {action!r}")

@@ -35,9 +35,17 @@ class SolrIndexOperator(BaseOperator):
     template_fields: Sequence[str] = ("batch", "dataset_ids")
     ui_color = "#fef3c7"
 
-    def __init__(self, *, action: str = "index", batch: dict[str, Any] | None = None,
-                 dataset_ids: Sequence[str] | None = None, solr_conn_id: str = SOLR,
-                 blob_conn_id: str = BLOB_STORAGE, refresher_db_conn_id: str = REFRESHER_DB, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        action: str = "index",
+        batch: dict[str, Any] | None = None,
+        dataset_ids: Sequence[str] | None = None,
+        solr_conn_id: str = SOLR,
+        blob_conn_id: str = BLOB_STORAGE,
+        refresher_db_conn_id: str = REFRESHER_DB,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if action not in ("index", "remove"):
             raise ValueError(f"action must be index or remove, not {action!r}")
@@ -51,14 +59,23 @@ class SolrIndexOperator(BaseOperator):
         from iati_refresher import pipeline
         from iati_refresher.operators._connections import as_roles
 
-        batch = self.batch or {"stage": "index", "ids": list(self.dataset_ids or []), "label": "selected",
-                               "key": f"op-{context['ti'].map_index}"}
+        batch = self.batch or {
+            "stage": "index",
+            "ids": list(self.dataset_ids or []),
+            "label": "selected",
+            "key": f"op-{context['ti'].map_index}",
+        }
         context["batch_label"] = batch.get("label", "")  # type: ignore[typeddict-unknown-key]
         ti = context["ti"]
-        with as_roles(**{SOLR: self.solr_conn_id, BLOB_STORAGE: self.blob_conn_id,
-                         REFRESHER_DB: self.refresher_db_conn_id}):
+        with as_roles(
+            **{SOLR: self.solr_conn_id, BLOB_STORAGE: self.blob_conn_id, REFRESHER_DB: self.refresher_db_conn_id}
+        ):
             if self.action == "remove":
                 return pipeline.remove_from_index(batch["ids"])
-            return pipeline.run_batch({**batch, "stage": "index"}, run_id=context["run_id"], dag_id=ti.dag_id,
-                                      final_try=pipeline.is_final_try(ti),
-                                      task_label=f"{ti.task_id}[{ti.map_index}: {batch.get('label', '')}]")
+            return pipeline.run_batch(
+                {**batch, "stage": "index"},
+                run_id=context["run_id"],
+                dag_id=ti.dag_id,
+                final_try=pipeline.is_final_try(ti),
+                task_label=f"{ti.task_id}[{ti.map_index}: {batch.get('label', '')}]",
+            )

@@ -37,9 +37,18 @@ class IatiValidatorOperator(BaseOperator):
     template_fields: Sequence[str] = ("source", "source_type", "container")
     ui_color = "#dbeafe"
 
-    def __init__(self, *, source: str, source_type: str = "url", container: str | None = None, meta: bool = True,
-                 validator_conn_id: str = VALIDATOR, blob_conn_id: str = BLOB_STORAGE,
-                 fail_on_fetch_error: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        source: str,
+        source_type: str = "url",
+        container: str | None = None,
+        meta: bool = True,
+        validator_conn_id: str = VALIDATOR,
+        blob_conn_id: str = BLOB_STORAGE,
+        fail_on_fetch_error: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.source, self.source_type, self.container, self.meta = source, source_type, container, meta
         self.validator_conn_id, self.blob_conn_id = validator_conn_id, blob_conn_id
@@ -56,8 +65,10 @@ class IatiValidatorOperator(BaseOperator):
         if self.source_type not in ("url", "blob", "file"):
             raise ValueError(f"source_type must be url, blob or file, not {self.source_type!r}")
         settings = get_settings()
-        with as_roles(**{VALIDATOR: self.validator_conn_id, BLOB_STORAGE: self.blob_conn_id}), \
-                tempfile.TemporaryDirectory(prefix="validate-") as tmp:
+        with (
+            as_roles(**{VALIDATOR: self.validator_conn_id, BLOB_STORAGE: self.blob_conn_id}),
+            tempfile.TemporaryDirectory(prefix="validate-") as tmp,
+        ):
             path = Path(tmp) / "file.xml"
             if self.source_type == "url":
                 fetched = fetch_to_file(self.source, str(path), settings)
@@ -74,13 +85,25 @@ class IatiValidatorOperator(BaseOperator):
             refused = not_sent_reason(path, settings)
             if refused is not None:  # the pipeline's rule: DOCTYPEs and oversize files are never sent
                 self.log.warning("not validated: %s %s: %s", self.source_type, self.source, refused.message)
-                return {"status": refused.api_error, "report": None, "error": f"{refused.code}: {refused.message}",
-                        "valid": None}
+                return {
+                    "status": refused.api_error,
+                    "report": None,
+                    "error": f"{refused.code}: {refused.message}",
+                    "valid": None,
+                }
             with validator_for(settings) as validator:
                 response = validator.validate(path, meta=self.meta)
         report = response.body if response.body is not None and "valid" in response.body else None
-        self.log.info("validated %s %s: HTTP %s, valid %s", self.source_type, self.source, response.status,
-                      report.get("valid") if report else None)
-        return {"status": response.status, "report": report,
-                "error": None if report is not None else str(response.status or response.error),
-                "valid": bool(report["valid"]) if report is not None else None}
+        self.log.info(
+            "validated %s %s: HTTP %s, valid %s",
+            self.source_type,
+            self.source,
+            response.status,
+            report.get("valid") if report else None,
+        )
+        return {
+            "status": response.status,
+            "report": report,
+            "error": None if report is not None else str(response.status or response.error),
+            "valid": bool(report["valid"]) if report is not None else None,
+        }

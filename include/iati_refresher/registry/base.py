@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 
-from iati_refresher import connections, net
+from iati_refresher import net
 from iati_refresher.settings import Settings
 
 SHA1_HEX = re.compile(r"^[0-9a-fA-F]{40}$")
@@ -105,6 +106,50 @@ def reject(rejected: list[dict[str, Any]], kind: str, record: Any, reason: str) 
     rejected.append({"kind": kind, "record": _shown(record), "reason": reason})
 
 
+def map_records(
+    mapped: Iterable[tuple[Any, dict[str, Any] | str]], kind: str, rejected: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Keep the records a source mapped, reject the entries it could not (its reason).
+
+    ``mapped`` yields ``(raw entry, record or reason)``; a kept record carries its raw entry
+    under ``"_raw"`` for :func:`finish_snapshot`.
+    """
+    kept = []
+    for raw, record in mapped:
+        if isinstance(record, str):
+            reject(rejected, kind, raw, record)
+        else:
+            kept.append({**record, "_raw": raw})
+    return kept
+
+
+def first_missing(required: dict[str, str | None]) -> str | None:
+    """``"no <field>"`` for the first required text (in order) that is missing, else ``None``."""
+    for name, value in required.items():
+        if not value:
+            return f"no {name}"
+    return None
+
+
+def dataset_record(
+    dataset_id: str | None,
+    name: str | None,
+    hash_: str,
+    url: str | None,
+    publisher: str | None,
+    cached_dataset_url: str | None,
+) -> dict[str, Any]:
+    """A dataset record as every source returns it (see the module docstring)."""
+    return {
+        "id": dataset_id,
+        "name": name,
+        "hash": hash_,
+        "url": url,
+        "publisher": publisher,
+        "cached_dataset_url": cached_dataset_url,
+    }
+
+
 def finish_snapshot(
     publishers: list[dict[str, Any]],
     datasets: list[dict[str, Any]],
@@ -181,70 +226,16 @@ def get_json(
             if response.status_code != 200:
                 raise RegistryUnavailable(f"{url} answered HTTP {response.status_code}")
             body = net.read_capped(response, settings.max_download_bytes)
-    except (httpx.HTTPError, net.RefusedTarget, net.RedirectLimitExceeded, net.ResponseTooLarge,
-            net.UndecodableBody) as exc:
+    except (
+        httpx.HTTPError,
+        net.RefusedTarget,
+        net.RedirectLimitExceeded,
+        net.ResponseTooLarge,
+        net.UndecodableBody,
+    ) as exc:
         raise RegistryUnavailable(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
     try:
         return response, json.loads(body)
     except ValueError as exc:
         kind = response.headers.get("content-type", "unknown content type")
         raise RegistryUnavailable(f"{url} did not return JSON ({kind}): {exc}") from exc
-
-
-# --- choosing the source ---------------------------------------------------------------------
-
-SOURCES = ("bds", "ckan")
-
-
-def build_source(
-    settings: Settings,
-    base_url: str,
-    *,
-    extra: dict[str, Any] | None = None,
-    client: httpx.Client | None = None,
-) -> RegistrySource:
-    """The source for ``settings.registry_source`` reading ``base_url``.
-
-    :param client: an HTTP client to use; by default one is made (and closed by the
-        source's ``close()``).
-    :raises ValueError: ``settings.registry_source`` is neither ``bds`` nor ``ckan``.
-    """
-    kind = settings.registry_source.strip().lower()
-    if kind not in SOURCES:
-        raise ValueError(f"registry_source must be one of {', '.join(SOURCES)}, not {settings.registry_source!r}")
-    # Imported here: the sources import this module.
-    from iati_refresher.registry.bds import BulkDataServiceSource
-    from iati_refresher.registry.ckan import CkanRegistrySource
-
-    extra = extra or {}
-    owns_client = client is None
-    http = client if client is not None else net.http_client(settings)
-    def field(name: str) -> Any:  # plain, or with the UI's ``extra__iati_registry__`` prefix
-        return extra.get(name) or extra.get(f"extra__iati_registry__{name}")
-
-    if kind == "bds":
-        return BulkDataServiceSource(
-            base_url,
-            str(field("dataset_index_path") or settings.bds_dataset_index_path),
-            str(field("reporting_org_index_path") or settings.bds_reporting_org_index_path),
-            http,
-            settings,
-            owns_client=owns_client,
-        )
-    return CkanRegistrySource(base_url, http, settings, owns_client=owns_client)
-
-
-def registry_for(
-    settings: Settings, *, client: httpx.Client | None = None, use_airflow: bool = True
-) -> RegistrySource:
-    """The configured registry source: the ``iati_registry`` connection when there is one,
-    else ``settings.bds_url`` / ``settings.ckan_url``.
-
-    :param use_airflow: also look in Airflow's connection store (``False`` reads only
-        ``AIRFLOW_CONN_IATI_REGISTRY``, without importing Airflow's machinery).
-    """
-    conn = connections.get_connection(connections.REGISTRY, use_airflow=use_airflow)
-    if conn is not None and conn.host:
-        return build_source(settings, conn.base_url(default_scheme="https"), extra=conn.extra, client=client)
-    default = settings.ckan_url if settings.registry_source.strip().lower() == "ckan" else settings.bds_url
-    return build_source(settings, default, client=client)

@@ -25,9 +25,11 @@ from iati_refresher.registry.base import (
     RegistrySnapshot,
     RegistryUnavailable,
     checked_hash,
+    dataset_record,
     finish_snapshot,
+    first_missing,
     get_json,
-    reject,
+    map_records,
     text,
 )
 from iati_refresher.settings import Settings
@@ -74,9 +76,12 @@ class BulkDataServiceSource:
         response = self.client.head(self.dataset_index_url)
         if response.status_code >= 400:
             raise RegistryUnavailable(
-                f"the dataset index answered HTTP {response.status_code}: {self.dataset_index_url}")
-        return (f"Bulk Data Service dataset index at {self.dataset_index_url}: HTTP {response.status_code}, "
-                f"ETag {response.headers.get('etag') or 'none'}")
+                f"the dataset index answered HTTP {response.status_code}: {self.dataset_index_url}"
+            )
+        return (
+            f"Bulk Data Service dataset index at {self.dataset_index_url}: HTTP {response.status_code}, "
+            f"ETag {response.headers.get('etag') or 'none'}"
+        )
 
     def fetch(self, previous_etag: str | None = None) -> RegistrySnapshot | None:
         """Read both indices, or return ``None`` when the dataset index's ETag is unchanged.
@@ -126,14 +131,9 @@ def snapshot_from_indices(datasets_index: Any, orgs_index: Any, *, etag: str | N
             etag=etag,
         )
     rejected: list[dict[str, Any]] = []
-    publishers = []
-    for raw in orgs_index["reporting_orgs"]:
-        pub = map_reporting_org(raw)
-        if isinstance(pub, str):
-            reject(rejected, "publisher", raw, pub)
-        else:
-            publishers.append({**pub, "_raw": raw})
-    datasets = []
+    publishers = map_records(
+        ((raw, map_reporting_org(raw)) for raw in orgs_index["reporting_orgs"]), "publisher", rejected
+    )
     raw_datasets = datasets_index["datasets"]
     # Older BDS versions keyed the datasets by short name instead of listing them.
     entries = (
@@ -141,12 +141,7 @@ def snapshot_from_indices(datasets_index: Any, orgs_index: Any, *, etag: str | N
         if isinstance(raw_datasets, dict)
         else [(None, value) for value in raw_datasets]
     )
-    for key, raw in entries:
-        ds = map_dataset(raw, key=key)
-        if isinstance(ds, str):
-            reject(rejected, "dataset", raw, ds)
-        else:
-            datasets.append({**ds, "_raw": raw})
+    datasets = map_records(((raw, map_dataset(raw, key=key)) for key, raw in entries), "dataset", rejected)
     return finish_snapshot(publishers, datasets, rejected, index_created=created, etag=etag, source=SOURCE)
 
 
@@ -156,10 +151,9 @@ def map_reporting_org(raw: Any) -> dict[str, Any] | str:
         return "not an object"
     org_id = text(raw.get("id"))
     name = text(raw.get("short_name"))
-    if not org_id:
-        return "no id"
-    if not name:
-        return "no short_name"
+    missing = first_missing({"id": org_id, "short_name": name})
+    if missing:
+        return missing
     pub: dict[str, Any] = {
         "org_id": org_id,
         "name": name,
@@ -189,14 +183,9 @@ def map_dataset(raw: Any, *, key: str | None = None) -> dict[str, Any] | str:
     publisher = text(raw.get("reporting_org_id"))
     name = text(raw.get("short_name")) or text(key)
     url = text(raw.get("source_url"))
-    if not dataset_id:
-        return "no id"
-    if not publisher:
-        return "no reporting_org_id"
-    if not name:
-        return "no short_name"
-    if not url:
-        return "no source_url"
+    missing = first_missing({"id": dataset_id, "reporting_org_id": publisher, "short_name": name, "source_url": url})
+    if missing:
+        return missing
     good = raw.get("last_known_good_dataset")
     if good is None:
         good = {}
@@ -206,11 +195,4 @@ def map_dataset(raw: Any, *, key: str | None = None) -> dict[str, Any] | str:
     if hash_ is None:
         return f"malformed hash_excluding_generated_timestamp {good.get('hash_excluding_generated_timestamp')!r}"
     cached = text(good.get("cached_dataset_url_xml")) or text(good.get("cached_dataset_xml_url"))
-    return {
-        "id": dataset_id,
-        "name": name,
-        "hash": hash_,
-        "url": url,
-        "publisher": publisher,
-        "cached_dataset_url": cached,
-    }
+    return dataset_record(dataset_id, name, hash_, url, publisher, cached)

@@ -26,9 +26,11 @@ from iati_refresher.registry.base import (
     RegistrySnapshot,
     RegistryUnavailable,
     checked_hash,
+    dataset_record,
     finish_snapshot,
+    first_missing,
     get_json,
-    reject,
+    map_records,
     text,
 )
 from iati_refresher.settings import Settings
@@ -179,20 +181,8 @@ class CkanRegistrySource:
         """
         self._last_request = None
         rejected: list[dict[str, Any]] = []
-        publishers = []
-        for raw in self._organisations():
-            pub = map_organisation(raw)
-            if isinstance(pub, str):
-                reject(rejected, "publisher", raw, pub)
-            else:
-                publishers.append({**pub, "_raw": raw})
-        datasets = []
-        for raw in self._packages():
-            ds = map_package(raw)
-            if isinstance(ds, str):
-                reject(rejected, "dataset", raw, ds)
-            else:
-                datasets.append({**ds, "_raw": raw})
+        publishers = map_records(((raw, map_organisation(raw)) for raw in self._organisations()), "publisher", rejected)
+        datasets = map_records(((raw, map_package(raw)) for raw in self._packages()), "dataset", rejected)
         return finish_snapshot(publishers, datasets, rejected, index_created=None, etag=None, source=SOURCE)
 
 
@@ -215,10 +205,9 @@ def map_organisation(raw: Any) -> dict[str, Any] | str:
     fields = _extras(raw)
     org_id = text(fields.get("id"))
     name = text(fields.get("name"))
-    if not org_id:
-        return "no id"
-    if not name:
-        return "no name"
+    missing = first_missing({"id": org_id, "name": name})
+    if missing:
+        return missing
     pub: dict[str, Any] = {
         "org_id": org_id,
         "name": name,
@@ -247,12 +236,9 @@ def map_package(raw: Any) -> dict[str, Any] | str:
     dataset_id = text(raw.get("id"))
     name = text(raw.get("name"))
     publisher = text(raw.get("owner_org"))
-    if not dataset_id:
-        return "no id"
-    if not name:
-        return "no name"
-    if not publisher:
-        return "no owner_org"
+    missing = first_missing({"id": dataset_id, "name": name, "owner_org": publisher})
+    if missing:
+        return missing
     resources = raw.get("resources")
     if not isinstance(resources, list) or not resources or not isinstance(resources[0], dict):
         return "no resource"
@@ -263,11 +249,4 @@ def map_package(raw: Any) -> dict[str, Any] | str:
     hash_ = checked_hash(resource.get("hash"))
     if hash_ is None:
         return f"malformed resource hash {resource.get('hash')!r}"
-    return {
-        "id": dataset_id,
-        "name": name,
-        "hash": hash_,
-        "url": url,
-        "publisher": publisher,
-        "cached_dataset_url": url,
-    }
+    return dataset_record(dataset_id, name, hash_, url, publisher, url)

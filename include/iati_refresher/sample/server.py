@@ -339,9 +339,16 @@ class SampleRegistryServer:
         datasets = []
         for entry in manifest["datasets"]:
             good: dict[str, Any] = dict.fromkeys(
-                ("downloaded", "verified_on_server", "hash", "hash_excluding_generated_timestamp",
-                 "cached_dataset_url_xml", "cached_dataset_url_zip", "cached_dataset_xml_url",
-                 "cached_dataset_zip_url"),
+                (
+                    "downloaded",
+                    "verified_on_server",
+                    "hash",
+                    "hash_excluding_generated_timestamp",
+                    "cached_dataset_url_xml",
+                    "cached_dataset_url_zip",
+                    "cached_dataset_xml_url",
+                    "cached_dataset_zip_url",
+                ),
             )
             if entry.get("file"):
                 path = data_dir / entry["file"]
@@ -357,24 +364,30 @@ class SampleRegistryServer:
                     cached_dataset_xml_url=cached_url,
                 )
                 self.add_file(FILES_PREFIX + entry["file"], data, last_modified=self.started_at)
-            datasets.append({
-                "id": entry["id"],
-                "short_name": entry["short_name"],
-                "reporting_org_id": org_ids[entry["publisher"]],
-                "reporting_org_short_name": entry["publisher"],
-                "source_url": f"https://{entry['publisher']}.example.org/iati/{entry['short_name']}.xml",
-                "license_id": "cc-by",
-                "last_update_check": stamp,
-                "last_known_good_dataset": good,
-            })
+            datasets.append(
+                {
+                    "id": entry["id"],
+                    "short_name": entry["short_name"],
+                    "reporting_org_id": org_ids[entry["publisher"]],
+                    "reporting_org_short_name": entry["publisher"],
+                    "source_url": f"https://{entry['publisher']}.example.org/iati/{entry['short_name']}.xml",
+                    "license_id": "cc-by",
+                    "last_update_check": stamp,
+                    "last_known_good_dataset": good,
+                }
+            )
         orgs = [
-            {key: p.get(key) for key in
-             ("id", "short_name", "human_readable_name", "iati_identifier", "description", "hq_country")}
+            {
+                key: p.get(key)
+                for key in ("id", "short_name", "human_readable_name", "iati_identifier", "description", "hq_country")
+            }
             for p in manifest["publishers"]
         ]
         self.dataset_index = {"index_created": stamp, "index_created_unix_timestamp": created, "datasets": datasets}
         self.reporting_org_index = {
-            "index_created": stamp, "index_created_unix_timestamp": created, "reporting_orgs": orgs,
+            "index_created": stamp,
+            "index_created_unix_timestamp": created,
+            "reporting_orgs": orgs,
         }
 
     def add_file(
@@ -388,8 +401,11 @@ class SampleRegistryServer:
     ) -> str:
         """Serve ``data`` at ``path`` (with a strong ETag); returns its full URL."""
         self.files[path] = Reply(
-            200, data, {"Content-Type": content_type, **(headers or {})},
-            etag=strong_etag(data), last_modified=last_modified,
+            200,
+            data,
+            {"Content-Type": content_type, **(headers or {})},
+            etag=strong_etag(data),
+            last_modified=last_modified,
         )
         return self.url + path
 

@@ -156,8 +156,13 @@ def _status_failure(url: str, response: httpx.Response) -> FetchResult:
     retryable = status >= 500 or status in RETRYABLE_STATUSES
     reason = response.reason_phrase or "error"
     return FetchResult(
-        url, status, status, f"http_{status}", f"HTTP {status} {reason} from {response.url}",
-        retryable=retryable, final_url=str(response.url),
+        url,
+        status,
+        status,
+        f"http_{status}",
+        f"HTTP {status} {reason} from {response.url}",
+        retryable=retryable,
+        final_url=str(response.url),
     )
 
 
@@ -218,9 +223,15 @@ def fetch_to_file(
             new_last_modified = response.headers.get("last-modified") or None
             if response.status_code == 304 and (etag or last_modified):
                 return FetchResult(
-                    url, 304, None, "not_modified", "not modified since the stored copy",
-                    etag=new_etag or etag, last_modified=new_last_modified or last_modified,
-                    not_modified=True, final_url=final_url,
+                    url,
+                    304,
+                    None,
+                    "not_modified",
+                    "not modified since the stored copy",
+                    etag=new_etag or etag,
+                    last_modified=new_last_modified or last_modified,
+                    not_modified=True,
+                    final_url=final_url,
                 )
             if response.status_code != 200:
                 return _status_failure(url, response)
@@ -235,13 +246,28 @@ def fetch_to_file(
     if info.encoding is None:
         dst.unlink(missing_ok=True)
         return FetchResult(
-            url, 200, CHARSET_UNDETECTABLE, "charset_undetectable",
-            f"cannot detect the character encoding: {info.reason}", bytes=size, sha1=sha1, final_url=final_url,
+            url,
+            200,
+            CHARSET_UNDETECTABLE,
+            "charset_undetectable",
+            f"cannot detect the character encoding: {info.reason}",
+            bytes=size,
+            sha1=sha1,
+            final_url=final_url,
         )
     return FetchResult(
-        url, 200, None, "ok", f"downloaded {size} bytes ({info.encoding}; {info.reason})",
-        bytes=size, sha1=sha1, encoding=info.encoding, encoding_reason=info.reason,
-        etag=new_etag, last_modified=new_last_modified, final_url=final_url,
+        url,
+        200,
+        None,
+        "ok",
+        f"downloaded {size} bytes ({info.encoding}; {info.reason})",
+        bytes=size,
+        sha1=sha1,
+        encoding=info.encoding,
+        encoding_reason=info.reason,
+        etag=new_etag,
+        last_modified=new_last_modified,
+        final_url=final_url,
     )
 
 
@@ -263,13 +289,17 @@ def download_document(
     url = doc.get("cached_dataset_url") or ""
     if not hash_ or not url:
         return Outcome.skipped(
-            doc_id, "no_cached_copy",
+            doc_id,
+            "no_cached_copy",
             "the registry has no good copy of this dataset (no hash or no cached URL)",
             download_error=NO_CACHED_COPY,
         )
     if not SHA1_HEX.match(hash_):
         return Outcome.failed(
-            doc_id, "invalid_hash", f"the document hash {hash_!r} is not a SHA-1", retryable=False,
+            doc_id,
+            "invalid_hash",
+            f"the document hash {hash_!r} is not a SHA-1",
+            retryable=False,
             download_error=None,
         )
     container = settings.source_container
@@ -284,30 +314,48 @@ def download_document(
     with tempfile.TemporaryDirectory(prefix="refresher-download-") as tmp:
         path = Path(tmp) / blob_name
         result = fetch_to_file(
-            url, path, settings, client=client,
-            etag=etag if have_copy else None, last_modified=last_modified if have_copy else None,
+            url,
+            path,
+            settings,
+            client=client,
+            etag=etag if have_copy else None,
+            last_modified=last_modified if have_copy else None,
         )
         if result.not_modified:
             return Outcome.ok(
-                doc_id, download_error=None, etag=result.etag, last_modified=result.last_modified,
-                bytes=doc.get("source_bytes"), encoding=doc.get("source_encoding"), not_modified=True, sha1=None,
+                doc_id,
+                download_error=None,
+                etag=result.etag,
+                last_modified=result.last_modified,
+                bytes=doc.get("source_bytes"),
+                encoding=doc.get("source_encoding"),
+                not_modified=True,
+                sha1=None,
             )
         if not result.ok:
             return Outcome.failed(
-                doc_id, result.code, result.message, retryable=result.retryable,
-                download_error=result.download_error, status=result.status,
+                doc_id,
+                result.code,
+                result.message,
+                retryable=result.retryable,
+                download_error=result.download_error,
+                status=result.status,
             )
         try:
             blobs.put_file(container, blob_name, path)
         except BlobStorageError as exc:
             return _storage_failure(doc_id, exc)
     return Outcome.ok(
-        doc_id, download_error=None, etag=result.etag, last_modified=result.last_modified,
-        bytes=result.bytes, encoding=result.encoding, not_modified=False, sha1=result.sha1,
+        doc_id,
+        download_error=None,
+        etag=result.etag,
+        last_modified=result.last_modified,
+        bytes=result.bytes,
+        encoding=result.encoding,
+        not_modified=False,
+        sha1=result.sha1,
     )
 
 
 def _storage_failure(doc_id: str, exc: Exception) -> Outcome:
-    return Outcome.failed(
-        doc_id, "storage_error", f"blob storage failed: {exc}", retryable=True, download_error=None
-    )
+    return Outcome.failed(doc_id, "storage_error", f"blob storage failed: {exc}", retryable=True, download_error=None)

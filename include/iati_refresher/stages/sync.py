@@ -17,6 +17,7 @@ Fixed reference defects:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 import psycopg
 
 from iati_refresher.db import repository as repo
+from iati_refresher.db.types import Db
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,7 @@ RemoveVersion = Callable[[str, str], None]
 RemoveDataset = Callable[[str, str], None]
 
 
-def safety_refusal(
-    known: int, incoming: int, share: float, what: str
-) -> str | None:
+def safety_refusal(known: int, incoming: int, share: float, what: str) -> str | None:
     if known and incoming < share * known:
         return (
             f"refused: the registry lists {incoming} {what} but {known} are known "
@@ -81,7 +81,7 @@ def safety_refusal(
 
 
 def sync_snapshot(
-    conn: psycopg.Connection,
+    conn: Db,
     snapshot: Any,
     *,
     seen_at: datetime,
@@ -98,22 +98,40 @@ def sync_snapshot(
     """
     result = SyncResult(source=snapshot.source)
     result.rejected.extend(getattr(snapshot, "rejected", []) or [])
-    refusal = safety_refusal(
+    result.refused = _refusal(conn, snapshot, publisher_safety_share, document_safety_share)
+    if result.refused:
+        conn.rollback()
+        return result
+    _apply_publishers(conn, snapshot.publishers, seen_at, result)
+    old_versions = _apply_datasets(conn, snapshot.datasets, seen_at, run_id, result)
+    stale = _remove_stale(conn, seen_at, run_id, result)
+    conn.commit()
+    _clean_up_after_commit(result, old_versions, stale, remove_version, remove_dataset)
+    return result
+
+
+def _refusal(conn: Db, snapshot: Any, publisher_safety_share: float, document_safety_share: float) -> str | None:
+    """The safety gate: a registry that lost too many publishers or datasets is not applied."""
+    return safety_refusal(
         repo.count_publishers(conn), len(snapshot.publishers), publisher_safety_share, "publishers"
     ) or safety_refusal(repo.count_documents(conn), len(snapshot.datasets), document_safety_share, "datasets")
-    if refusal:
-        conn.rollback()
-        result.refused = refusal
-        return result
 
-    for pub in snapshot.publishers:
+
+def _apply_publishers(conn: Db, publishers: list[dict[str, Any]], seen_at: datetime, result: SyncResult) -> None:
+    for pub in publishers:
         if _in_savepoint(conn, result, pub, repo.upsert_publisher, seen_at) is not None:
             result.publishers_seen += 1
 
+
+def _apply_datasets(
+    conn: Db, datasets: list[dict[str, Any]], seen_at: datetime, run_id: str | None, result: SyncResult
+) -> list[tuple[str, str]]:
+    """Store every dataset (unchanged ones touched in bulk), record each change; returns the
+    (document id, old hash) of every replaced version, for the clean-up after the commit."""
     old_versions: list[tuple[str, str]] = []
-    touched = _touch_unchanged(conn, snapshot.datasets, seen_at)
+    touched = _touch_unchanged(conn, datasets, seen_at)
     result.unchanged += len(touched)
-    for ds in snapshot.datasets:
+    for ds in datasets:
         if ds.get("id") in touched:
             continue
         upserted = _in_savepoint(conn, result, ds, repo.upsert_document, seen_at)
@@ -125,31 +143,55 @@ def sync_snapshot(
             continue
         (result.added if change == "added" else result.updated).append(ds["id"])
         repo.record_registry_change(
-            conn, run_id, ds["id"], change, name=ds.get("name"), publisher=ds.get("publisher"),
-            old_hash=old_hash, new_hash=ds["hash"],
+            conn,
+            run_id,
+            ds["id"],
+            change,
+            name=ds.get("name"),
+            publisher=ds.get("publisher"),
+            old_hash=old_hash,
+            new_hash=ds["hash"],
         )
         if change == "updated" and old_hash:
             old_versions.append((ds["id"], old_hash))
+    return old_versions
 
+
+def _remove_stale(conn: Db, seen_at: datetime, run_id: str | None, result: SyncResult) -> list[dict[str, Any]]:
+    """Delete the datasets (and publishers) the registry no longer lists; returns the datasets."""
     stale = repo.stale_documents(conn, seen_at)
     for doc in stale:
         repo.record_registry_change(
-            conn, run_id, doc["id"], "removed", name=doc["name"], publisher=doc["publisher"],
-            old_hash=doc["hash"], new_hash=None,
+            conn,
+            run_id,
+            doc["id"],
+            "removed",
+            name=doc["name"],
+            publisher=doc["publisher"],
+            old_hash=doc["hash"],
+            new_hash=None,
         )
         repo.delete_document(conn, doc["id"])
         result.removed.append(doc["id"])
     result.publishers_removed = repo.delete_stale_publishers(conn, seen_at)
-    conn.commit()
+    return stale
 
+
+def _clean_up_after_commit(
+    result: SyncResult,
+    old_versions: list[tuple[str, str]],
+    stale: list[dict[str, Any]],
+    remove_version: RemoveVersion,
+    remove_dataset: RemoveDataset,
+) -> None:
+    """Blob and Solr clean-up, after the commit (failures recorded; reconciliation finishes)."""
     for doc_id, old_hash in old_versions:
-        _cleanup(result, f"old version {old_hash} of {doc_id}", lambda d=doc_id, h=old_hash: remove_version(d, h))
+        _cleanup(result, f"old version {old_hash} of {doc_id}", functools.partial(remove_version, doc_id, old_hash))
     for doc in stale:
-        _cleanup(result, f"removed dataset {doc['id']}", lambda d=doc: remove_dataset(d["id"], d["hash"]))
-    return result
+        _cleanup(result, f"removed dataset {doc['id']}", functools.partial(remove_dataset, doc["id"], doc["hash"]))
 
 
-def _touch_unchanged(conn: psycopg.Connection, datasets: list[dict[str, Any]], seen_at: datetime) -> set[str]:
+def _touch_unchanged(conn: Db, datasets: list[dict[str, Any]], seen_at: datetime) -> set[str]:
     """Update every dataset whose hash did not change in one statement; returns their ids.
 
     Most runs change little, so this is nearly the whole registry: one query instead of
@@ -159,8 +201,7 @@ def _touch_unchanged(conn: psycopg.Connection, datasets: list[dict[str, Any]], s
     """
     known = repo.document_hashes(conn)
     candidates = [
-        ds for ds in datasets
-        if all(key in ds for key in repo.UNCHANGED_KEYS) and known.get(ds["id"]) == ds["hash"]
+        ds for ds in datasets if all(key in ds for key in repo.UNCHANGED_KEYS) and known.get(ds["id"]) == ds["hash"]
     ]
     ids = {ds["id"] for ds in candidates}
     if not candidates or len(ids) != len(candidates):
@@ -180,10 +221,10 @@ class _NotAllTouched(Exception):
 
 
 def _in_savepoint(
-    conn: psycopg.Connection,
+    conn: Db,
     result: SyncResult,
     record: dict[str, Any],
-    upsert: Callable[[psycopg.Connection, dict[str, Any], datetime], Any],
+    upsert: Callable[[Db, dict[str, Any], datetime], Any],
     seen_at: datetime,
 ) -> Any:
     """``upsert(conn, record, seen_at)`` in a savepoint; a bad record is recorded, not fatal.

@@ -97,16 +97,21 @@ def validate_document(
         if report is not None and "valid" in report:
             api_error = None if answer.status == 200 else answer.status
             return Outcome(
-                document_id, "ok", message=_describe(report, answer.status, meta),
+                document_id,
+                "ok",
+                message=_describe(report, answer.status, meta),
                 data={**data, "report": report, "api_error": api_error},
             )
         if answer.status in REPORT_STATUSES:
             code = "too_large" if answer.status == 413 else "rejected"
             return Outcome.skipped(
-                document_id, code,
+                document_id,
+                code,
                 f"the Validator answered {answer.status} without a report: {_error_text(answer)}; "
                 "not posted again until the document changes",
-                **data, report=None, api_error=answer.status,
+                **data,
+                report=None,
+                api_error=answer.status,
             )
     return _judge_failure(document_id, answer, phase="full", schema_valid=new_schema_result)
 
@@ -142,18 +147,32 @@ def _not_sent(document_id: str, source_path: str, settings: Settings) -> Outcome
     reason = not_sent_reason(source_path, settings)
     if reason is None:
         return None
-    return Outcome.skipped(document_id, reason.code, reason.message, schema_valid=None, report=None,
-                           phase="schema", http_status=None, api_error=reason.api_error)
+    return Outcome.skipped(
+        document_id,
+        reason.code,
+        reason.message,
+        schema_valid=None,
+        report=None,
+        phase="schema",
+        http_status=None,
+        api_error=reason.api_error,
+    )
 
 
 def _waiting(doc: dict[str, Any], new_schema_result: bool | None, settings: Settings, now: datetime) -> Outcome | None:
     """A schema-invalid document that must not be fully validated yet, or None."""
     data: dict[str, Any] = {
-        "schema_valid": new_schema_result, "report": None, "api_error": None, "phase": "schema", "http_status": None,
+        "schema_valid": new_schema_result,
+        "report": None,
+        "api_error": None,
+        "phase": "schema",
+        "http_status": None,
     }
     if doc.get("black_flag") is not None:
         return Outcome(
-            doc["id"], "ok", code="publisher_flagged",
+            doc["id"],
+            "ok",
+            code="publisher_flagged",
             message="schema-invalid and the publisher is black-flagged: full validation waits until it is unflagged",
             data={**data, "deferred": "publisher_flagged"},
         )
@@ -163,9 +182,11 @@ def _waiting(doc: dict[str, Any], new_schema_result: bool | None, settings: Sett
     until = _naive_utc(downloaded) + timedelta(seconds=settings.safety_check_period_s)
     if _naive_utc(now) < until:
         return Outcome(
-            doc["id"], "ok", code="waiting_safety_period",
+            doc["id"],
+            "ok",
+            code="waiting_safety_period",
             message=f"schema-invalid: full validation waits until {until:%Y-%m-%d %H:%M} UTC "
-                    "so the publisher safety check can count it",
+            "so the publisher safety check can count it",
             data={**data, "deferred": "waiting_safety_period", "deferred_until": until.isoformat()},
         )
     return None
@@ -174,8 +195,13 @@ def _waiting(doc: dict[str, Any], new_schema_result: bool | None, settings: Sett
 def _judge_failure(
     document_id: str, answer: ValidatorResponse, *, phase: str, schema_valid: bool | None = None
 ) -> Outcome:
-    data = {"schema_valid": schema_valid, "report": None, "api_error": answer.status, "phase": phase,
-            "http_status": answer.status}
+    data = {
+        "schema_valid": schema_valid,
+        "report": None,
+        "api_error": answer.status,
+        "phase": phase,
+        "http_status": answer.status,
+    }
     where = "schema check" if phase == "schema" else "validation"
     status = answer.status
     if status is None:
@@ -184,13 +210,19 @@ def _judge_failure(
         )
     if status >= 500:
         return Outcome.failed(
-            document_id, f"http_{status}", f"{where}: the Validator failed ({status}): {_error_text(answer)}",
-            retryable=True, **data,
+            document_id,
+            f"http_{status}",
+            f"{where}: the Validator failed ({status}): {_error_text(answer)}",
+            retryable=True,
+            **data,
         )
     if status == 200:  # an answer without the expected body: a Validator hiccup, try later
         return Outcome.failed(
-            document_id, "unexpected_answer", f"{where}: 200 without a valid flag: {_error_text(answer)}",
-            retryable=True, **data,
+            document_id,
+            "unexpected_answer",
+            f"{where}: 200 without a valid flag: {_error_text(answer)}",
+            retryable=True,
+            **data,
         )
     if phase == "schema" and status in REPORT_STATUSES:
         code = "too_large" if status == 413 else "rejected"
@@ -200,8 +232,11 @@ def _judge_failure(
     # Other 4xx (401 wrong key, 404 wrong URL...) and anything unexpected: retrying the
     # same request cannot help; recorded so an operator can fix the configuration.
     return Outcome.failed(
-        document_id, f"http_{status}", f"{where}: unexpected answer {status}: {_error_text(answer)}",
-        retryable=False, **data,
+        document_id,
+        f"http_{status}",
+        f"{where}: unexpected answer {status}: {_error_text(answer)}",
+        retryable=False,
+        **data,
     )
 
 

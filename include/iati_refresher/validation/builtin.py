@@ -51,7 +51,7 @@ SCHEMA_ONLY_NOTICE = {
     "id": "schema-only",
     "severity": "advisory",
     "message": "Only the IATI XML schema was checked (the refresher's built-in validator). "
-               "Rulesets and codelists were not checked: their errors and warnings are not in this report.",
+    "Rulesets and codelists were not checked: their errors and warnings are not in this report.",
     "context": [{"text": ""}],
 }
 
@@ -70,12 +70,20 @@ class FileKind:
 
 KINDS = {
     "iati-activities": FileKind(
-        "iati-activities", "iati-activity", "iati-identifier", "title/narrative",
-        "iati-activities-schema.xsd", "activity",
+        "iati-activities",
+        "iati-activity",
+        "iati-identifier",
+        "title/narrative",
+        "iati-activities-schema.xsd",
+        "activity",
     ),
     "iati-organisations": FileKind(
-        "iati-organisations", "iati-organisation", "organisation-identifier", "name/narrative",
-        "iati-organisations-schema.xsd", "organisation",
+        "iati-organisations",
+        "iati-organisation",
+        "organisation-identifier",
+        "name/narrative",
+        "iati-organisations-schema.xsd",
+        "organisation",
     ),
 }
 
@@ -173,10 +181,15 @@ class _Report:
         if category == "schema":
             self.schema_errors += 1
 
-    def add_file_error(self, error_id: str, category: str, message: str, context: list[dict[str, str]],
-                       severity: str = "critical") -> None:
-        self.add(FILE_IDENTIFIER, FILE_TITLE, category,
-                 {"id": error_id, "severity": severity, "message": message, "context": context})
+    def add_file_error(
+        self, error_id: str, category: str, message: str, context: list[dict[str, str]], severity: str = "critical"
+    ) -> None:
+        self.add(
+            FILE_IDENTIFIER,
+            FILE_TITLE,
+            category,
+            {"id": error_id, "severity": severity, "message": message, "context": context},
+        )
 
     def add_schema_errors(self, identifier: str, title: str, log: etree._ListErrorLog) -> int:
         """Add a validator's errors, one entry per distinct message; returns how many."""
@@ -186,7 +199,11 @@ class _Report:
             error = by_message.get(message)
             if error is None:
                 error = by_message[message] = {
-                    "id": "0.3.1", "severity": "critical", "message": message, "context": [], "_more": 0,
+                    "id": "0.3.1",
+                    "severity": "critical",
+                    "message": message,
+                    "context": [],
+                    "_more": 0,
                 }
             if len(error["context"]) < MAX_CONTEXTS_PER_ERROR:
                 error["context"].append(_at_line(entry.line))
@@ -204,7 +221,8 @@ class _Report:
         errors = []
         if self.schema_checked:
             file_group = self.groups.setdefault(
-                FILE_IDENTIFIER, {"identifier": FILE_IDENTIFIER, "title": FILE_TITLE, "errors": {}})
+                FILE_IDENTIFIER, {"identifier": FILE_IDENTIFIER, "title": FILE_TITLE, "errors": {}}
+            )
             notices = file_group["errors"].setdefault("information", [])
             if SCHEMA_ONLY_NOTICE not in notices:
                 notices.append(dict(SCHEMA_ONLY_NOTICE))
@@ -382,13 +400,19 @@ class _StreamValidation:
         version = root.get("version") or ""
         kind = KINDS.get(name)
         if kind is None:
-            self.problem = (422, _file_problem(
-                "0.2.1", "iati", "The file is not an IATI file.",
-                f"The root element is <{name}>; IATI files start with <iati-activities> or <iati-organisations>.",
-            ))
+            self.problem = (
+                422,
+                _file_problem(
+                    "0.2.1",
+                    "iati",
+                    "The file is not an IATI file.",
+                    f"The root element is <{name}>; IATI files start with <iati-activities> or <iati-organisations>.",
+                ),
+            )
         elif version not in SUPPORTED_VERSIONS:
             report = _file_problem(
-                "0.6.1", "documents",
+                "0.6.1",
+                "documents",
                 f"Version '{version}' of the IATI Standard is not supported. "
                 f"Supported versions: {', '.join(SUPPORTED_VERSIONS)}",
             )
@@ -428,7 +452,8 @@ class _StreamValidation:
             self._check_node(kind, root, node)
         if self.index == 0:
             self._structure_error(
-                "content", root.sourceline,
+                "content",
+                root.sourceline,
                 f"Element '{kind.root}': Missing child element(s). Expected is ( {kind.child} ).",
             )
 
@@ -474,7 +499,8 @@ class _StreamValidation:
         if text.strip():
             self.spacer_invalid = True
             self._structure_error(
-                "text", root.sourceline,
+                "text",
+                root.sourceline,
                 f"Element '{kind.root}': Character content other than whitespace is not allowed "
                 "because the content type is 'element-only'.",
             )
@@ -485,8 +511,12 @@ class _StreamValidation:
         self.reported.add(kind)
         if self.schema_only:
             raise _StopValidation
-        self.report.add(FILE_IDENTIFIER, FILE_TITLE, "schema",
-                        {"id": "0.3.1", "severity": "critical", "message": message, "context": [_at_line(line)]})
+        self.report.add(
+            FILE_IDENTIFIER,
+            FILE_TITLE,
+            "schema",
+            {"id": "0.3.1", "severity": "critical", "message": message, "context": [_at_line(line)]},
+        )
 
     # --- children ------------------------------------------------------------------------
 
@@ -519,7 +549,8 @@ class _StreamValidation:
         if self.duplicates and self.kind is not None:
             unique = list(dict.fromkeys(self.duplicates))
             self.report.add_file_error(
-                "1.1.2", "identifiers",
+                "1.1.2",
+                "identifiers",
                 f"The {self.kind.noun} identifier must be unique for each {self.kind.noun}.",
                 [{"text": f"Duplicate found for {self.kind.identifier_tag} = '{i}'"} for i in unique],
                 severity="error",

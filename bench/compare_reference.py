@@ -179,14 +179,19 @@ def our_documents(path: str, file_hash: str) -> dict[str, Any]:
         if failed is not None:
             return {"failed": f"{failed.code}: {failed.message}"[:500], "documents": []}
         # the requests are per collection, in file order: split them by activity again
-        counts = [{role: len([i for i in activity.get(f"@{role}") or [] if isinstance(i, dict)])
-                   for role in ("transaction", "budget")}
-                  for activity in iter_flat_activities(path) if activity_identifier(activity)]
+        counts = [
+            {
+                role: len([i for i in activity.get(f"@{role}") or [] if isinstance(i, dict)])
+                for role in ("transaction", "budget")
+            }
+            for activity in iter_flat_activities(path)
+            if activity_identifier(activity)
+        ]
     groups, taken = [], dict.fromkeys(("transaction", "budget"), 0)
     for activity, count in zip(recorder.docs["activity"], counts, strict=True):
         group = {"activity": activity}
         for role in ("transaction", "budget"):
-            group[role] = recorder.docs[role][taken[role]:taken[role] + count[role]]
+            group[role] = recorder.docs[role][taken[role] : taken[role] + count[role]]
             taken[role] += count[role]
         groups.append(group)
     return {"documents": groups}
@@ -313,8 +318,13 @@ def classify(ours: Mapping[str, Any], reference: Mapping[str, Any], context: dic
         if a == b:
             continue
         last = context.get(f"last_{key}")
-        if (key in LAKE_FIELDS and context.get("duplicated") and isinstance(b, str) and isinstance(last, str)
-                and (b == last or b.rstrip() == last.rstrip() or _canonical(b.rstrip()) == _canonical(last))):
+        if (
+            key in LAKE_FIELDS
+            and context.get("duplicated")
+            and isinstance(b, str)
+            and isinstance(last, str)
+            and (b == last or b.rstrip() == last.rstrip() or _canonical(b.rstrip()) == _canonical(last))
+        ):
             # the reference's blobs of one identifier overwrote each other: the last activity's text
             out[key] = "duplicate_identifier"
         elif key == "iati_xml":
@@ -387,9 +397,12 @@ def compare_file(name: str, ours: dict[str, Any], reference: dict[str, Any], tal
             tally.unlisted["activity"].append(f"{name}: activity {doc.get('id')} only built by {which}")
             continue
         identifier = our_group["activity"].get("iati_identifier")
-        context = {"today": today, "duplicated": identifiers[identifier] > 1,
-                   "last_iati_xml": last_of[identifier].get("iati_xml"),
-                   "last_iati_json": last_of[identifier].get("iati_json")}
+        context = {
+            "today": today,
+            "duplicated": identifiers[identifier] > 1,
+            "last_iati_xml": last_of[identifier].get("iati_xml"),
+            "last_iati_json": last_of[identifier].get("iati_json"),
+        }
         _compare_docs(name, "activity", our_group["activity"], ref_group["activity"], context, tally)
         for role in ("transaction", "budget"):
             ours_docs, ref_docs = our_group[role], ref_group[role]
@@ -397,14 +410,16 @@ def compare_file(name: str, ours: dict[str, Any], reference: dict[str, Any], tal
                 if index >= len(ours_docs) or index >= len(ref_docs):
                     side = "reference" if index >= len(ours_docs) else "this project"
                     (tally.only_reference if side == "reference" else tally.only_ours)[role] += 1
-                    tally.unlisted[role].append(f"{name}: {role} {index} of {our_group['activity'].get('id')} "
-                                                f"only built by {side}")
+                    tally.unlisted[role].append(
+                        f"{name}: {role} {index} of {our_group['activity'].get('id')} only built by {side}"
+                    )
                     continue
                 _compare_docs(name, role, ours_docs[index], ref_docs[index], context, tally)
 
 
-def _compare_docs(name: str, role: str, ours: dict[str, Any], reference: dict[str, Any], context: dict[str, Any],
-                  tally: Tally) -> None:
+def _compare_docs(
+    name: str, role: str, ours: dict[str, Any], reference: dict[str, Any], context: dict[str, Any], tally: Tally
+) -> None:
     """Count one pair of documents and classify its differences."""
     tally.compared[role] += 1
     if ours == reference:
@@ -429,7 +444,7 @@ def _first_difference(ours: Any, reference: Any) -> str:
     a, b = json.dumps(ours, ensure_ascii=False), json.dumps(reference, ensure_ascii=False)
     at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     start = max(0, at - 40)
-    return f"ours=…{a[start:at + 60]!r} reference=…{b[start:at + 60]!r}"
+    return f"ours=…{a[start : at + 60]!r} reference=…{b[start : at + 60]!r}"
 
 
 def _reference_worker(argv: list[str]) -> int:
@@ -445,7 +460,10 @@ def run_reference(src: Path, python: str, env: dict[str, str], path: Path, file_
     try:
         completed = subprocess.run(
             [python, __file__, "--reference-worker", str(src), str(path), file_hash, out_path],
-            env={**os.environ, **harness.REFERENCE_ENV, **env}, capture_output=True, text=True, timeout=3600,
+            env={**os.environ, **harness.REFERENCE_ENV, **env},
+            capture_output=True,
+            text=True,
+            timeout=3600,
         )
         if completed.returncode != 0:
             return {"failed": f"the reference harness exited {completed.returncode}: {completed.stderr[-800:]}"}
@@ -456,13 +474,17 @@ def run_reference(src: Path, python: str, env: dict[str, str], path: Path, file_
 
 def print_summary(tally: Tally, files: int) -> None:
     print(f"\n{files} files compared")
-    print(f"{'collection':<12}{'compared':>10}{'identical':>11}{'different':>11}{'listed':>9}{'unlisted':>10}"
-          f"{'only ours':>11}{'only ref':>10}")
+    print(
+        f"{'collection':<12}{'compared':>10}{'identical':>11}{'different':>11}{'listed':>9}{'unlisted':>10}"
+        f"{'only ours':>11}{'only ref':>10}"
+    )
     for role in ROLES:
         unlisted = len(tally.unlisted[role])
-        print(f"{role:<12}{tally.compared[role]:>10}{tally.identical[role]:>11}{tally.different[role]:>11}"
-              f"{tally.different[role] - (unlisted - tally.only_ours[role] - tally.only_reference[role]):>9}"
-              f"{unlisted:>10}{tally.only_ours[role]:>11}{tally.only_reference[role]:>10}")
+        print(
+            f"{role:<12}{tally.compared[role]:>10}{tally.identical[role]:>11}{tally.different[role]:>11}"
+            f"{tally.different[role] - (unlisted - tally.only_ours[role] - tally.only_reference[role]):>9}"
+            f"{unlisted:>10}{tally.only_ours[role]:>11}{tally.only_reference[role]:>10}"
+        )
     print("\ndifferences by listed deviation (a document can show several):")
     for role in ROLES:
         for cls, count in sorted(tally.classes[role].items(), key=lambda kv: -kv[1]):
@@ -479,8 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         return _reference_worker(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("corpus", type=Path)
-    parser.add_argument("--reference", type=Path, required=True, metavar="CHECKOUT",
-                        help="a checkout of IATI/refresher")
+    parser.add_argument(
+        "--reference", type=Path, required=True, metavar="CHECKOUT", help="a checkout of IATI/refresher"
+    )
     parser.add_argument("--reference-python", default=sys.executable, help="the Python to run the reference with")
     parser.add_argument("--reference-env", type=Path, help="KEY=VALUE lines the reference's configuration needs")
     parser.add_argument("--show", type=int, default=5, help="unlisted differences to print per collection")
@@ -506,11 +529,20 @@ def main(argv: list[str] | None = None) -> int:
         for line in tally.unlisted[role][: args.show]:
             print(f"  unlisted {role}: {line}")
     if args.json:
-        args.json.write_text(json.dumps({
-            "compared": tally.compared, "identical": tally.identical, "different": tally.different,
-            "classes": tally.classes, "unlisted": {r: len(v) for r, v in tally.unlisted.items()},
-            "file_failures": tally.file_failures,
-        }, indent=2, default=dict))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "compared": tally.compared,
+                    "identical": tally.identical,
+                    "different": tally.different,
+                    "classes": tally.classes,
+                    "unlisted": {r: len(v) for r, v in tally.unlisted.items()},
+                    "file_failures": tally.file_failures,
+                },
+                indent=2,
+                default=dict,
+            )
+        )
     unlisted = tally.unlisted_count()
     print(f"\nunlisted differences: {unlisted}")
     return 1 if unlisted else 0

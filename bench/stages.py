@@ -77,13 +77,33 @@ import types
 from pathlib import Path
 from typing import Any
 
-STAGES = ("iterparse", "download", "validate", "clean", "flatten", "lakify", "lakify-shm", "lake-iter",
-          "index-docs", "index")
+STAGES = (
+    "iterparse",
+    "download",
+    "validate",
+    "clean",
+    "flatten",
+    "lakify",
+    "lakify-shm",
+    "lake-iter",
+    "index-docs",
+    "index",
+)
 # Our stage → the reference stage it is compared with (run by the reference harness).
-REFERENCE_STAGES = {"clean": "clean", "flatten": "flatten", "lakify": "lakify", "lakify-shm": "lakify-shm",
-                    "index-docs": "index-docs"}
-REFERENCE_FILES = ("library/flatten.py", "library/lakify.py", "library/clean.py", "library/solrize.py",
-                   "constants/config.py")
+REFERENCE_STAGES = {
+    "clean": "clean",
+    "flatten": "flatten",
+    "lakify": "lakify",
+    "lakify-shm": "lakify-shm",
+    "index-docs": "index-docs",
+}
+REFERENCE_FILES = (
+    "library/flatten.py",
+    "library/lakify.py",
+    "library/clean.py",
+    "library/solrize.py",
+    "constants/config.py",
+)
 SHM = "/dev/shm"
 BENCH_HASH = "b" * 40  # a well-formed SHA-1 for the document the stages process
 
@@ -126,8 +146,9 @@ def every_other_activity_report(path: str) -> dict[str, Any]:
         "valid": False,
         "fileType": "iati-activities",
         "iatiVersion": "2.03",
-        "iati-activities": [{"identifier": name, "valid": i % 2 == 0, "index": i}
-                            for i, name in enumerate(activity_names(path))],
+        "iati-activities": [
+            {"identifier": name, "valid": i % 2 == 0, "index": i} for i, name in enumerate(activity_names(path))
+        ],
     }
 
 
@@ -173,8 +194,11 @@ def run_stage(stage: str, path: str, activities: int, extra: dict[str, Any] | No
     doc: dict[str, Any] = {"id": "bench", "hash": BENCH_HASH}
     with tempfile.TemporaryDirectory(prefix=f"bench-{stage}-", dir=base) as tmp:
         # The download limit (100 MB by default) would refuse the big benchmark files.
-        settings = Settings(local_blob_dir=tmp, allow_private_addresses=True,
-                            max_download_bytes=max(Settings().max_download_bytes, os.path.getsize(path) + 1))
+        settings = Settings(
+            local_blob_dir=tmp,
+            allow_private_addresses=True,
+            max_download_bytes=max(Settings().max_download_bytes, os.path.getsize(path) + 1),
+        )
         setup: Any = None
         if stage == "clean":
             setup = every_other_activity_report(path)
@@ -195,8 +219,12 @@ def run_stage(stage: str, path: str, activities: int, extra: dict[str, Any] | No
             from iati_refresher.validator_client import BuiltinValidatorClient
 
             setup = BuiltinValidatorClient(settings.schemas_dir)
-            doc.update(downloaded=dt.datetime(2000, 1, 1), file_schema_valid=None, black_flag=None,
-                       regenerate_validation_report=False)
+            doc.update(
+                downloaded=dt.datetime(2000, 1, 1),
+                file_schema_valid=None,
+                black_flag=None,
+                regenerate_validation_report=False,
+            )
         start_wall, start_times = time.perf_counter(), os.times()
         if stage == "iterparse":
             count = 0
@@ -220,8 +248,11 @@ def run_stage(stage: str, path: str, activities: int, extra: dict[str, Any] | No
 
             outcome = validate_document(doc, path, setup, settings, now=dt.datetime(2001, 1, 1))
             report = outcome.data.get("report") or {}
-            result = {"activities": len(report.get("iati-activities") or []), "status": outcome.status,
-                      "valid": report.get("valid")}
+            result = {
+                "activities": len(report.get("iati-activities") or []),
+                "status": outcome.status,
+                "valid": report.get("valid"),
+            }
         elif stage == "clean":
             cleaned = clean_file(path, setup, os.path.join(tmp, "clean.xml"))
             result = {"activities": cleaned.activities_total, "kept": cleaned.activities_kept}
@@ -243,8 +274,9 @@ def run_stage(stage: str, path: str, activities: int, extra: dict[str, Any] | No
                 from iati_refresher.connections import ConnectionInfo
                 from iati_refresher.solr_client import client_from_connection
 
-                solr: Any = client_from_connection(ConnectionInfo("solr", "iati_solr", host=extra["solr_url"]),
-                                                   settings)
+                solr: Any = client_from_connection(
+                    ConnectionInfo("solr", "iati_solr", host=extra["solr_url"]), settings
+                )
             else:
                 solr = SerialisingSolr()
             outcome = index_document(doc, setup, solr, settings)
@@ -345,8 +377,9 @@ class FakeDatabase:
         return call
 
     def errors(self) -> list[str]:
-        return [f"{name}{args[1:]}" for name, args in self.calls
-                if any(word in name.lower() for word in self.ERROR_WORDS)]
+        return [
+            f"{name}{args[1:]}" for name, args in self.calls if any(word in name.lower() for word in self.ERROR_WORDS)
+        ]
 
 
 class _FakeDownloader:
@@ -521,9 +554,15 @@ class RecordingDatabase(FakeDatabase):
 
 # What the reference's configuration needs to import solrize (its Solr URL is never reached).
 REFERENCE_ENV = {
-    "SOLR_API_URL": "http://solr.invalid/solr/", "SOLR_USER": "u", "SOLR_PASSWORD": "p", "SOLR_500_SLEEP": "0",
-    "AZURE_STORAGE_CONNECTION_STRING": "fake", "AZURE_STORAGE_CONTAINER_SOURCE": "source",
-    "AZURE_STORAGE_CONTAINER_CLEAN": "clean", "ACTIVITIES_LAKE_CONTAINER_NAME": "lake", "LOG_LEVEL": "error",
+    "SOLR_API_URL": "http://solr.invalid/solr/",
+    "SOLR_USER": "u",
+    "SOLR_PASSWORD": "p",
+    "SOLR_500_SLEEP": "0",
+    "AZURE_STORAGE_CONNECTION_STRING": "fake",
+    "AZURE_STORAGE_CONTAINER_SOURCE": "source",
+    "AZURE_STORAGE_CONTAINER_CLEAN": "clean",
+    "ACTIVITIES_LAKE_CONTAINER_NAME": "lake",
+    "LOG_LEVEL": "error",
 }
 
 
@@ -577,8 +616,13 @@ def run_reference_stage(stage: str, src: Path, path: str, activities: int) -> di
     base = SHM if stage == "lakify-shm" else None
     for key, value in REFERENCE_ENV.items():
         os.environ.setdefault(key, value)
-    module_name = {"flatten": "library.flatten", "clean": "library.clean", "lakify": "library.lakify",
-                   "lakify-shm": "library.lakify", "index-docs": "library.solrize"}.get(stage)
+    module_name = {
+        "flatten": "library.flatten",
+        "clean": "library.clean",
+        "lakify": "library.lakify",
+        "lakify-shm": "library.lakify",
+        "index-docs": "library.solrize",
+    }.get(stage)
     if module_name is None:
         raise ReferenceLayoutError(f"no reference harness for the {stage} stage")
     module, stubbed = import_reference(src, module_name)
@@ -608,8 +652,11 @@ def run_reference_stage(stage: str, src: Path, path: str, activities: int) -> di
             result = {"activities": activities, "output_bytes": sum(FakeBlobService.written)}
         elif stage == "index-docs":
             module.process_hash_list([(BENCH_HASH, "bench", None)])
-            result = {"activities": activities, "requests": SolrRecorder.requests,
-                      "request_bytes": SolrRecorder.request_bytes}
+            result = {
+                "activities": activities,
+                "requests": SolrRecorder.requests,
+                "request_bytes": SolrRecorder.request_bytes,
+            }
         else:
             _require(module, "process_hash_list")
             module.process_hash_list([(BENCH_HASH, dt.datetime(2000, 1, 1), "bench")])
@@ -663,8 +710,15 @@ class _FileServer:
         self.server.server_close()
 
 
-def measure(stage: str, path: Path, activities: int, repeat: int, *, extra: dict[str, Any] | None = None,
-            reference: dict[str, Any] | None = None) -> dict[str, Any]:
+def measure(
+    stage: str,
+    path: Path,
+    activities: int,
+    repeat: int,
+    *,
+    extra: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Best (fastest) of ``repeat`` fresh subprocesses; the peak RSS is the highest seen.
 
     :param reference: ``{"src": ..., "python": ..., "env": {...}}`` to run the reference's code instead.
@@ -672,12 +726,18 @@ def measure(stage: str, path: Path, activities: int, repeat: int, *, extra: dict
     runs = []
     for _ in range(repeat):
         if reference is not None:
-            command = [reference["python"], __file__, "--reference-worker", stage, str(path), str(activities),
-                       str(reference["src"])]
+            command = [
+                reference["python"],
+                __file__,
+                "--reference-worker",
+                stage,
+                str(path),
+                str(activities),
+                str(reference["src"]),
+            ]
             env = {**os.environ, **reference["env"]}
         else:
-            command = [sys.executable, __file__, "--worker", stage, str(path), str(activities),
-                       json.dumps(extra or {})]
+            command = [sys.executable, __file__, "--worker", stage, str(path), str(activities), json.dumps(extra or {})]
             env = None
         completed = subprocess.run(command, capture_output=True, text=True, env=env)
         lines = completed.stdout.strip().splitlines()
@@ -772,12 +832,22 @@ def bench_file(path: Path, repeat: int, stages: list[str], reference: dict[str, 
                 )
             if r.get("solr_update_s_per_run"):
                 docs = sum(int(r.get(k) or 0) for k in ("activities", "transactions", "budgets"))
-                print(f"{'  Solr':<12}{r['solr_update_s_per_run']:>9.2f}  s in /update per run: "
-                      f"{docs / r['solr_update_s_per_run']:.0f} documents/s inside Solr, "
-                      f"{docs / r['seconds']:.0f} documents/s for the stage")
-            rows.append({"file": path.name, "mb": round(size_mb, 1), "stage": stage, **r,
-                         "mb_s": round(mb_s, 1), "reference": ref_row,
-                         "reference_mb_s": round(ref_mb_s, 1) if ref_mb_s else None})
+                print(
+                    f"{'  Solr':<12}{r['solr_update_s_per_run']:>9.2f}  s in /update per run: "
+                    f"{docs / r['solr_update_s_per_run']:.0f} documents/s inside Solr, "
+                    f"{docs / r['seconds']:.0f} documents/s for the stage"
+                )
+            rows.append(
+                {
+                    "file": path.name,
+                    "mb": round(size_mb, 1),
+                    "stage": stage,
+                    **r,
+                    "mb_s": round(mb_s, 1),
+                    "reference": ref_row,
+                    "reference_mb_s": round(ref_mb_s, 1) if ref_mb_s else None,
+                }
+            )
     finally:
         if server is not None:
             server.close()
@@ -793,17 +863,21 @@ def print_side_by_side(rows: list[dict[str, Any]], baseline: dict[str, Any], siz
     the bare iterparse measured in the same run (a Markdown table, ready for BENCHMARKS.md)."""
     iterparse_mb_s = size_mb / baseline["seconds"]
     print(f"\nside by side, one run (bare lxml iterparse: {iterparse_mb_s:.1f} MB/s, {baseline['peak_rss_mb']:.0f} MB)")
-    print("| stage | this project | reference | ours / reference | share of iterparse (ours / reference) "
-          "| peak RSS (ours / reference) |")
+    print(
+        "| stage | this project | reference | ours / reference | share of iterparse (ours / reference) "
+        "| peak RSS (ours / reference) |"
+    )
     print("|---|---|---|---|---|---|")
     for row in rows:
         ref = row.get("reference")
         if not ref:
             continue
         ours_mb_s, ref_mb_s = size_mb / row["seconds"], size_mb / ref["seconds"]
-        print(f"| {row['stage']} | {ours_mb_s:.1f} MB/s | {ref_mb_s:.1f} MB/s | **{ours_mb_s / ref_mb_s:.1f}x** "
-              f"| {ours_mb_s / iterparse_mb_s:.2f} / {ref_mb_s / iterparse_mb_s:.2f} "
-              f"| {row['peak_rss_mb']:.0f} / {ref['peak_rss_mb']:.0f} MB |")
+        print(
+            f"| {row['stage']} | {ours_mb_s:.1f} MB/s | {ref_mb_s:.1f} MB/s | **{ours_mb_s / ref_mb_s:.1f}x** "
+            f"| {ours_mb_s / iterparse_mb_s:.2f} / {ref_mb_s / iterparse_mb_s:.2f} "
+            f"| {row['peak_rss_mb']:.0f} / {ref['peak_rss_mb']:.0f} MB |"
+        )
 
 
 PROFILED = ("clean", "flatten", "lakify", "lakify-shm", "index-docs")
@@ -864,15 +938,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--make-big", type=int, metavar="MB", help="build a file of MB megabytes, bench it, delete it")
     parser.add_argument("--repeat", type=int, default=3, help="runs per stage; the fastest is reported")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
-    parser.add_argument("--reference", type=Path, metavar="CHECKOUT",
-                        help="a checkout of IATI/refresher to compare with")
+    parser.add_argument(
+        "--reference", type=Path, metavar="CHECKOUT", help="a checkout of IATI/refresher to compare with"
+    )
     parser.add_argument("--reference-python", default=sys.executable, help="the Python to run the reference with")
     parser.add_argument("--reference-env", type=Path, help="KEY=VALUE lines the reference's configuration needs")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
-    parser.add_argument("--profile", action="store_true",
-                        help="then profile each of our stages once (cProfile, functions by own time)")
-    parser.add_argument("--solr", choices=("real", "standin"), default="real",
-                        help="index into a real SolrCloud (solr/runner) or the lean stand-in of bench/e2e.py")
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile each of our stages once (cProfile, functions by own time)"
+    )
+    parser.add_argument(
+        "--solr",
+        choices=("real", "standin"),
+        default="real",
+        help="index into a real SolrCloud (solr/runner) or the lean stand-in of bench/e2e.py",
+    )
     args = parser.parse_args(argv)
     SOLR_KIND[0] = args.solr
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -900,16 +980,25 @@ def main(argv: list[str] | None = None) -> int:
             made_dir = Path(tempfile.mkdtemp(prefix="iati-big-"))
             made = made_dir / f"big-{args.make_big}mb.xml"
             subprocess.run(
-                [sys.executable, str(Path(__file__).with_name("make_big_file.py")), str(args.corpus_dir),
-                 "--size-mb", str(args.make_big), "--out", str(made)],
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("make_big_file.py")),
+                    str(args.corpus_dir),
+                    "--size-mb",
+                    str(args.make_big),
+                    "--out",
+                    str(made),
+                ],
                 check=True,
             )
             files.append(made)
         if not files:
             print(f"no files to bench under {args.corpus_dir}/derived", file=sys.stderr)
             return 2
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; best of {args.repeat} runs per stage"
-              + (f"; reference from {reference['src']}" if reference else ""))
+        print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; best of {args.repeat} runs per stage"
+            + (f"; reference from {reference['src']}" if reference else "")
+        )
         for path in files:
             rows += bench_file(path, args.repeat, stages, reference)
         if args.profile:

@@ -123,8 +123,7 @@ def needs_cleaning(json_text: str) -> bool:
     """Whether ASCII-escaped JSON text may hold a control character or a surrogate escape
     (a pair for a character above U+FFFF counts too: the caller then takes the careful path)."""
     # substring tests first: far faster than the expression over megabytes of lake XML
-    if "\\u00" not in json_text and "\\ud" not in json_text and "\\b" not in json_text \
-            and "\\f" not in json_text:
+    if "\\u00" not in json_text and "\\ud" not in json_text and "\\b" not in json_text and "\\f" not in json_text:
         return False
     return _SUSPECT_ESCAPE.search(json_text) is not None
 
@@ -156,9 +155,7 @@ def _json_bytes(payload: Any) -> bytes:
 
 def write_collections(settings: Settings) -> dict[str, str]:
     """Role → write alias, e.g. ``{"activity": "activity_solrize", ...}``."""
-    return {
-        role: getattr(settings, f"solr_{role}_collection") + settings.solr_alias_suffix for role in ROLES
-    }
+    return {role: getattr(settings, f"solr_{role}_collection") + settings.solr_alias_suffix for role in ROLES}
 
 
 class SolrClient:

@@ -35,8 +35,12 @@ class CountingStore(AzureBlobStore):
 @pytest.fixture
 def settings() -> Settings:
     suffix = uuid.uuid4().hex[:8]
-    return Settings(clean_container=f"clean-{suffix}", flat_container=f"flat-{suffix}",
-                    lake_container=f"lake-{suffix}", lake_upload_threads=2)
+    return Settings(
+        clean_container=f"clean-{suffix}",
+        flat_container=f"flat-{suffix}",
+        lake_container=f"lake-{suffix}",
+        lake_upload_threads=2,
+    )
 
 
 def test_republished_dataset_uploads_only_changed_lake_blobs(azurite, settings: Settings, tmp_path: Path) -> None:

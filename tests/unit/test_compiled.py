@@ -25,7 +25,11 @@ from iati_refresher.stages import flatten, lakify
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = sorted(
-    [*(FIXTURES / "compiled").glob("*.xml"), *(FIXTURES / "flatten").glob("*.xml"), *(FIXTURES / "lakify").glob("*.xml")]
+    [
+        *(FIXTURES / "compiled").glob("*.xml"),
+        *(FIXTURES / "flatten").glob("*.xml"),
+        *(FIXTURES / "lakify").glob("*.xml"),
+    ]
 )
 
 
@@ -80,8 +84,11 @@ def test_lake_json_is_the_same_compiled_or_not(path):
 
 def test_the_compiled_nest_hands_over_only_what_needs_the_exact_rules():
     texts = _lake_texts(FIXTURES / "compiled" / "edge-cases.xml")
-    handed_over = [json.loads(python)["iati-activity"][0]["iati-identifier"][0]["text()"].strip()
-                   for python, compiled in texts if compiled is None]
+    handed_over = [
+        json.loads(python)["iati-activity"][0]["iati-identifier"][0]["text()"].strip()
+        for python, compiled in texts
+        if compiled is None
+    ]
     # XM-2: comments and a PI; XM-3: an element inside one of the same tag; XM-4: 65 distinct child tags
     assert handed_over == ["XM-2", "XM-3", "XM-4"]
     assert len(texts) == 6
@@ -99,7 +106,7 @@ def test_lake_entries_are_the_same_compiled_or_not(name, monkeypatch):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "plain", 'quote " and \\ backslash', "\n\r\t\b\f\x01\x1f\x7f", "é ü 漢字 😀 \u2028\u2029", "<a b=\"&amp;\"/>"],
+    ["", "plain", 'quote " and \\ backslash', "\n\r\t\b\f\x01\x1f\x7f", "é ü 漢字 😀 \u2028\u2029", '<a b="&amp;"/>'],
 )
 def test_json_literal_is_json_dumps(text):
     assert accelerated.compiled is not None
@@ -128,8 +135,17 @@ def test_bundle_lines_are_the_same_compiled_or_not(monkeypatch):
         assert fields[4] == ("1" if needs_cleaning(fields[2]) or needs_cleaning(fields[3]) else "0")
 
 
-@pytest.mark.parametrize(("text", "suspect"), [("plain é", False), ("tab\tnewline\n", False), ("bell \x07", True),
-                                              ("form \x0c", True), ("astral 😀", True), ("del \x7f", False)])
+@pytest.mark.parametrize(
+    ("text", "suspect"),
+    [
+        ("plain é", False),
+        ("tab\tnewline\n", False),
+        ("bell \x07", True),
+        ("form \x0c", True),
+        ("astral 😀", True),
+        ("del \x7f", False),
+    ],
+)
 def test_ascii_literal_flags_what_needs_cleaning(text, suspect):
     assert accelerated.compiled is not None
     literal, flagged = accelerated.compiled.ascii_literal_checked(text.encode())

@@ -8,12 +8,13 @@ silent: :data:`PROBLEM` says why, the preflight task logs it, and the test suite
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 compiled: ModuleType | None
 PROBLEM: str | None
 try:
-    from iati_refresher.iati import _compiled as compiled
+    compiled = importlib.import_module("iati_refresher.iati._compiled")
 except ImportError as exc:  # not compiled here, or compiled for another lxml
     compiled = None
     PROBLEM = f"compiled hot paths unavailable, using the Python ones (about 2x slower stages): {exc}"

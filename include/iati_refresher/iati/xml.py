@@ -97,8 +97,12 @@ def iter_root_activities(events: Iterator[tuple[str, Any]], root: Any | None) ->
 
 _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 # (UTF-32 first: its little-endian mark starts with UTF-16's)
-_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 _ENTITY = re.compile(rb"<!ENTITY", re.IGNORECASE)
 
 

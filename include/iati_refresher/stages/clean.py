@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TextIO
+from typing import Any, Literal, NamedTuple, NoReturn, TextIO
 
 from lxml import etree
 
@@ -154,7 +154,7 @@ class ActivityMeta:
         if self.count != activities:
             self._conflict(f"the meta lists {self.count} activities, the file has {activities}")
 
-    def _conflict(self, detail: str) -> None:
+    def _conflict(self, detail: str) -> NoReturn:
         raise CleanSkipped(
             "meta_conflict",
             f"The Validator's per-activity results do not match the file's activities: {detail}. "

@@ -299,21 +299,27 @@ def activity_documents(
             doc["location_point_latlon"] = latlon
     doc["id"] = solr_activity_id(document_id, identifier, occurrence)
     exploded = {
-        element: [_payload(d, text, serialised)
-                  for d, text in _exploded(doc, element, [i for i in items[element] if isinstance(i, dict)])]
+        element: [
+            _payload(d, text, serialised)
+            for d, text in _exploded(doc, element, [i for i in items[element] if isinstance(i, dict)])
+        ]
         for element in EXPLODE_ELEMENTS
     }
     activity_doc = drop_empty(doc)
     text = json.dumps(activity_doc)
     lake_chars = len(iati_xml or "") + len(iati_json or "")
     literals = [v for v in (iati_xml, iati_json) if isinstance(v, LakeLiteral)]
-    if serialised and len(literals) == 2 and not needs_cleaning(text) and not any(
-        literal.needs_cleaning() for literal in literals
+    if (
+        serialised
+        and len(literals) == 2
+        and not needs_cleaning(text)
+        and not any(literal.needs_cleaning() for literal in literals)
     ):
         # the lake texts go into the request as the bundle stored them, never decoded
         spliced = f'{text[:-1]}, "iati_xml": {iati_xml}, "iati_json": {iati_json}}}'
-        return ActivityDocuments(JsonDoc(spliced, activity_doc["id"]), exploded["transaction"], exploded["budget"],
-                                 len(text), lake_chars)
+        return ActivityDocuments(
+            JsonDoc(spliced, activity_doc["id"]), exploded["transaction"], exploded["budget"], len(text), lake_chars
+        )
     for name, value in (("iati_xml", iati_xml), ("iati_json", iati_json)):
         if value is not None:
             activity_doc[name] = value.text() if isinstance(value, LakeLiteral) else value
@@ -397,8 +403,13 @@ def _documents(
         occurrences[identifier] = occurrence + 1
         xml, json_text = lake(identifier, occurrence) if lake is not None else (None, None)
         built = activity_documents(
-            activity, document_id=document_id, document_hash=document_hash, occurrence=occurrence,
-            iati_xml=xml, iati_json=json_text, serialised=lake is not None,
+            activity,
+            document_id=document_id,
+            document_hash=document_hash,
+            occurrence=occurrence,
+            iati_xml=xml,
+            iati_json=json_text,
+            serialised=lake is not None,
         )
         counts.activities += 1
         counts.transactions += len(built.transaction)
@@ -415,7 +426,8 @@ def _lake_reader(blobs: BlobStore, container: str, document_id: str) -> LakeRead
                 data = blobs.get_bytes(container, name)
             except BlobNotFound as exc:
                 raise _StageProblem(
-                    "lake_missing", f"lake blob {container}/{name} is missing (activity {identifier!r})",
+                    "lake_missing",
+                    f"lake blob {container}/{name} is missing (activity {identifier!r})",
                     retryable=False,
                 ) from exc
             except BlobStorageError as exc:
@@ -495,8 +507,12 @@ class _BundleLake:
             if len(fields) in (4, 5) and fields[1] == str(occurrence) and json.loads(fields[0]) == identifier:
                 suspect = None if len(fields) == 4 else fields[4] != "0"
                 return LakeLiteral.of(fields[2], suspect), LakeLiteral.of(fields[3], suspect)
-            log.warning("index %s: the lake bundle does not match activity %r (#%d); reading the lake blobs "
-                        "from here on", self._document_id, identifier, occurrence)
+            log.warning(
+                "index %s: the lake bundle does not match activity %r (#%d); reading the lake blobs from here on",
+                self._document_id,
+                identifier,
+                occurrence,
+            )
             self.close()
             self._rest = _lake_reader(self._blobs, self._settings.lake_container, self._document_id)
         assert self._rest is not None
@@ -548,9 +564,7 @@ def _no_activities(manifest: Any) -> bool:
 
 def _failed(document_id: str, exc: SolrError | _StageProblem, doing: str, extra: str = "") -> Outcome:
     if isinstance(exc, SolrError):
-        return Outcome.failed(
-            document_id, f"solr_{exc.kind}", f"{doing}: {exc}{extra}", retryable=exc.retryable
-        )
+        return Outcome.failed(document_id, f"solr_{exc.kind}", f"{doing}: {exc}{extra}", retryable=exc.retryable)
     return Outcome.failed(document_id, exc.code, f"{doing}: {exc}{extra}", retryable=exc.retryable)
 
 

@@ -216,9 +216,7 @@ class _EntryStream:
     def __iter__(self) -> Iterator[LakeEntry]:
         # Recovering like flatten, so both stages see the same activities (comments and
         # PIs are kept here: the lake keeps them).
-        context = safe_iterparse(
-            self.path, events=("start", "end"), tag=(IATI_ACTIVITIES, IATI_ACTIVITY), recover=True
-        )
+        context = safe_iterparse(self.path, events=("start", "end"), tag=(IATI_ACTIVITIES, IATI_ACTIVITY), recover=True)
         seen: dict[str, int] = collections.defaultdict(int)
         root = None
         events = iter(context)
@@ -359,8 +357,9 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
         bundle_path = os.path.join(tmp, "lake.tsv")
         try:
             with open(bundle_path, "wb") as bundle:
-                _upload_entries(_bundled(_stream(source, stats), bundle), doc_id, blobs, settings, written,
-                                existing, unchanged)
+                _upload_entries(
+                    _bundled(_stream(source, stats), bundle), doc_id, blobs, settings, written, existing, unchanged
+                )
             bundle_name = lake_bundle_name(doc_id, hash_)
             blobs.put_file(settings.flat_container, bundle_name, bundle_path)
         except NotIatiError as exc:
@@ -376,8 +375,11 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
         stale = [name for name in existing if name not in written]
         if stale:
             blobs.delete(settings.lake_container, stale)
-        old_bundles = [name for name in blobs.list(settings.flat_container, f"{doc_id}/")
-                       if name.endswith(LAKE_BUNDLE_SUFFIX) and name != bundle_name]
+        old_bundles = [
+            name
+            for name in blobs.list(settings.flat_container, f"{doc_id}/")
+            if name.endswith(LAKE_BUNDLE_SUFFIX) and name != bundle_name
+        ]
         if old_bundles:
             blobs.delete(settings.flat_container, old_bundles)
     except BlobStorageError as exc:
@@ -402,8 +404,13 @@ def _bundled(entries: Iterator[LakeEntry], bundle: BinaryIO) -> Iterator[LakeEnt
 
 
 def _upload_entries(
-    entries: Iterator[LakeEntry], doc_id: str, blobs: BlobStore, settings: Settings, written: set[str],
-    existing: dict[str, bytes | None] | None = None, unchanged: list[int] | None = None,
+    entries: Iterator[LakeEntry],
+    doc_id: str,
+    blobs: BlobStore,
+    settings: Settings,
+    written: set[str],
+    existing: dict[str, bytes | None] | None = None,
+    unchanged: list[int] | None = None,
 ) -> None:
     """Upload each entry's two blobs; the first upload error is raised.
 

@@ -224,12 +224,37 @@ cdef inline int _put(Buffer* b, const char* s, size_t n) except -1:
 cdef const char* HEX = b"0123456789abcdef"
 
 
+cdef int _put_ascii_escape(Buffer* b, unsigned char c) except -1:
+    """The JSON escape of ``"``, ``\\`` or an ASCII control character, as ``json.dumps`` writes
+    it; 1 when it is one ``solr_client.needs_cleaning`` looks for (a control character other
+    than tab, newline and carriage return), else 0."""
+    if c == 0x22:
+        _put(b, b'\\"', 2)
+    elif c == 0x5c:
+        _put(b, b"\\\\", 2)
+    elif c == 0x0a:
+        _put(b, b"\\n", 2)
+    elif c == 0x0d:
+        _put(b, b"\\r", 2)
+    elif c == 0x09:
+        _put(b, b"\\t", 2)
+    elif c == 0x08:
+        _put(b, b"\\b", 2)
+        return 1
+    elif c == 0x0c:
+        _put(b, b"\\f", 2)
+        return 1
+    else:
+        _put_u(b, c)
+        return 1 if c < 0x20 else 0
+    return 0
+
+
 cdef int _put_string_body(Buffer* b, const unsigned char* s) except -1:
     """The characters of a JSON string as ``json.dumps(..., ensure_ascii=False)`` writes them."""
     cdef size_t start = 0
     cdef size_t i = 0
     cdef unsigned char c
-    cdef char escape[6]
     if s is NULL:
         return 0
     while True:
@@ -241,28 +266,7 @@ cdef int _put_string_body(Buffer* b, const unsigned char* s) except -1:
             continue
         if i > start:
             _put(b, <const char*>s + start, i - start)
-        if c == 0x22:
-            _put(b, b'\\"', 2)
-        elif c == 0x5c:
-            _put(b, b"\\\\", 2)
-        elif c == 0x0a:
-            _put(b, b"\\n", 2)
-        elif c == 0x0d:
-            _put(b, b"\\r", 2)
-        elif c == 0x09:
-            _put(b, b"\\t", 2)
-        elif c == 0x08:
-            _put(b, b"\\b", 2)
-        elif c == 0x0c:
-            _put(b, b"\\f", 2)
-        else:
-            escape[0] = 0x5c
-            escape[1] = 0x75  # u
-            escape[2] = 0x30
-            escape[3] = 0x30
-            escape[4] = HEX[c >> 4]
-            escape[5] = HEX[c & 15]
-            _put(b, escape, 6)
+        _put_ascii_escape(b, c)
         i += 1
         start = i
     if i > start:
@@ -555,25 +559,8 @@ cdef int _put_ascii_body(Buffer* b, const unsigned char* s, Py_ssize_t n, bint* 
             continue
         if i > start:
             _put(b, <const char*>s + start, i - start)
-        if c == 0x22:
-            _put(b, b'\\"', 2)
-        elif c == 0x5c:
-            _put(b, b"\\\\", 2)
-        elif c == 0x0a:
-            _put(b, b"\\n", 2)
-        elif c == 0x0d:
-            _put(b, b"\\r", 2)
-        elif c == 0x09:
-            _put(b, b"\\t", 2)
-        elif c == 0x08:
-            _put(b, b"\\b", 2)
-            suspect[0] = True
-        elif c == 0x0c:
-            _put(b, b"\\f", 2)
-            suspect[0] = True
-        elif c < 0x80:
-            _put_u(b, c)
-            if c < 0x20:
+        if c < 0x80:
+            if _put_ascii_escape(b, c):
                 suspect[0] = True
         else:
             if 0xc2 <= c <= 0xdf:

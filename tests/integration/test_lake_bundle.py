@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from iati_refresher.settings import Settings
-from iati_refresher.solr_client import ROLES, SolrClient, field_query, write_collections
+from iati_refresher.solr_client import ROLES, SolrClient, field_query, needs_cleaning, write_collections
 from iati_refresher.stages.flatten import flatten_document
 from iati_refresher.stages.index import index_document
 from iati_refresher.stages.lakify import iter_lake_entries, lake_bundle_name, lakify_document
@@ -69,9 +69,25 @@ def test_lakify_writes_one_bundle_line_per_lake_entry(tmp_path, source):
     entries = list(iter_lake_entries(str(tmp_path / "blobs" / SETTINGS.clean_container / f"{HASH}.xml")))
     assert len(lines) == len(entries) > 0
     for line, entry in zip(lines, entries, strict=True):
-        identifier, occurrence, xml, lake_json = line.split("\t")
+        identifier, occurrence, xml, lake_json, suspect = line.split("\t")
         assert (json.loads(identifier), int(occurrence)) == (entry.identifier, entry.occurrence)
         assert json.loads(xml).encode("utf-8") == entry.xml and json.loads(lake_json) == entry.json
+        # the cleaning flag says what the index stage's own check would say of the two literals
+        assert suspect == ("1" if needs_cleaning(xml) or needs_cleaning(lake_json) else "0")
+
+
+def test_a_bundle_without_the_cleaning_flag_still_indexes_the_same_documents(tmp_path, source):
+    blobs, doc = prepared(tmp_path, source)
+    current = indexed(blobs, doc)
+    bundle = blobs.get_bytes(SETTINGS.flat_container, lake_bundle_name(DOC, HASH)).decode("ascii")
+    # a bundle written before the flag existed: four fields a line
+    older = "".join(line.rsplit("\t", 1)[0] + "\n" for line in bundle.splitlines())
+    assert older != bundle and all(line.count("\t") == 3 for line in older.splitlines())
+    blobs.put_bytes(SETTINGS.flat_container, lake_bundle_name(DOC, HASH), older.encode("ascii"))
+    # so that nothing but the bundle can give the lake texts
+    blobs.delete(SETTINGS.clean_container, [f"{HASH}.xml"])
+    blobs.delete(SETTINGS.lake_container, list(blobs.list(SETTINGS.lake_container, f"{DOC}/")))
+    assert indexed(blobs, doc) == current
 
 
 def test_indexing_from_the_bundle_gives_the_same_documents_without_reading_the_clean_file(tmp_path, source):

@@ -129,16 +129,12 @@ cdef object _proxy(cetree._Element owner, xmlNode* c_node):
     return cetree.elementFactory(owner._doc, c_node)
 
 
-cdef _flat_walk(cetree._Element owner, xmlNode* c_node, list node, dict out, object naming,
-                object normalise_date, int depth):
-    cdef str prefix = node[0]
-    text_is_date = node[1]
+cdef _flat_attributes(cetree._Element owner, xmlNode* c_node, list node, dict out, object naming,
+                      object normalise_date):
+    """An element's attributes as fields (``_walk``'s first step): names from ``node``'s table,
+    dates normalised (an unusable date is dropped), values stripped."""
     cdef dict attributes = node[2]
-    cdef dict children = node[3]
     cdef xmlAttr* attr = c_node.properties
-    cdef xmlNode* child
-    if depth > MAX_FLAT_DEPTH:
-        raise RecursionError("elements nested too deep to flatten")
     element = None
     while attr is not NULL:
         name = _clark(attr.name, attr.ns)
@@ -160,6 +156,17 @@ cdef _flat_walk(cetree._Element owner, xmlNode* c_node, list node, dict out, obj
             if value is None:
                 continue
         _add(out, key, value)
+
+
+cdef _flat_walk(cetree._Element owner, xmlNode* c_node, list node, dict out, object naming,
+                object normalise_date, int depth):
+    cdef str prefix = node[0]
+    text_is_date = node[1]
+    cdef dict children = node[3]
+    cdef xmlNode* child
+    if depth > MAX_FLAT_DEPTH:
+        raise RecursionError("elements nested too deep to flatten")
+    _flat_attributes(owner, c_node, node, out, naming, normalise_date)
     if text_is_date is not None:
         text = _element_text(c_node)
         if text is not None:
@@ -469,28 +476,13 @@ def flatten_activity(cetree._Element activity, dict dataset_fields, naming, norm
     ``@budget`` and their fields are added to the activity's too, in document order."""
     cdef dict out = dict(dataset_fields)
     cdef list top = naming.activity
-    cdef dict top_attributes = top[2]
     cdef dict top_children = top[3]
     cdef dict exploded = {}
     cdef dict item
     cdef xmlNode* c_node = activity._c_node
-    cdef xmlAttr* attr = c_node.properties
     cdef xmlNode* child
     cdef bint identifier_done = False
-    while attr is not NULL:
-        name = _clark(attr.name, attr.ns)
-        entry = top_attributes.get(name) or naming.attribute(top, name, activity)
-        key, is_date = entry
-        value = _attribute_value(attr)
-        if value is None:
-            value = activity.get(name)
-        value = value.strip()
-        attr = attr.next
-        if is_date:
-            value = normalise_date(value)
-            if value is None:
-                continue
-        _add(out, key, value)
+    _flat_attributes(activity, c_node, top, out, naming, normalise_date)
     child = c_node.children
     while child is not NULL:
         if child.type != ELEMENT:

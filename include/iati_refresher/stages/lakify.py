@@ -347,13 +347,16 @@ def lakify_document(doc: dict[str, Any], blobs: BlobStore, settings: Settings) -
         source = os.path.join(tmp, "clean.xml")
         try:
             blobs.get_to_file(settings.clean_container, f"{hash_}.xml", source)
-            # what the lake holds for the document now: unchanged blobs are not uploaded
-            # again (a republished dataset mostly repeats its activities), stale ones go
-            existing = blobs.list_digests(settings.lake_container, f"{doc_id}/")
         except BlobNotFound:
             return Outcome.failed(doc_id, "clean_missing", f"clean/{hash_}.xml does not exist", retryable=False)
         except BlobStorageError as exc:
             return Outcome.failed(doc_id, "storage_error", f"could not read the clean file: {exc}", retryable=True)
+        try:
+            # what the lake holds for the document now: unchanged blobs are not uploaded
+            # again (a republished dataset mostly repeats its activities), stale ones go
+            existing = blobs.list_digests(settings.lake_container, f"{doc_id}/")
+        except BlobStorageError as exc:
+            return Outcome.failed(doc_id, "storage_error", f"could not list the lake blobs: {exc}", retryable=True)
         bundle_path = os.path.join(tmp, "lake.tsv")
         try:
             with open(bundle_path, "wb") as bundle:

@@ -77,7 +77,9 @@ def _jsonb_key(key: str) -> tuple[int, bytes]:
 _JSONB_ORDERS: dict[tuple[str, ...], list[str]] = {}
 _JSONB_ORDERS_MAX = 50_000
 # (activity keys, element) → the keys an exploded document keeps, likewise
+# (kept smaller than the orders: two entries per key set, and a worker's memory is bounded)
 _BASE_KEYS: dict[tuple[tuple[str, ...], str], list[str]] = {}
+_BASE_KEYS_MAX = 5_000
 
 
 def _python_jsonb_order(value: Any) -> Any:
@@ -182,7 +184,7 @@ def _exploded(
     if kept is None:
         prefix = f"{element}_"
         kept = [k for k in keys if not k.startswith(prefix) and k not in LAKE_FIELDS]
-        if len(_BASE_KEYS) < _JSONB_ORDERS_MAX:
+        if len(_BASE_KEYS) < _BASE_KEYS_MAX:
             _BASE_KEYS[(keys, element)] = kept
     base = {k: activity_doc[k] for k in kept}
     # The base is most of every document's text: serialise and hash it once.  ``json.dumps``

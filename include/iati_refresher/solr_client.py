@@ -99,21 +99,24 @@ def clean_value(value: Any) -> Any:
     return value
 
 
-class JsonDoc(str):
-    """A Solr document already serialised as one JSON object, with its ``id`` beside it.
+class JsonDoc:
+    """A Solr document already serialised as UTF-8 JSON, in parts, with its ``id`` beside it.
 
     The index stage builds exploded documents this way: each repeats its activity's fields,
-    so serialising them once per activity instead of once per document saves most of the
-    request-building time.  The text must already be clean (no control characters, no lone
-    surrogates): :func:`needs_cleaning` says when it is not.
+    so the shared part is serialised once per activity and only joined into the request body
+    (one copy), instead of being serialised, concatenated and encoded once per document.  The
+    text must already be clean (no control characters, no lone surrogates):
+    :func:`needs_cleaning` says when it is not.
     """
 
-    id: str
+    __slots__ = ("id", "parts")
 
-    def __new__(cls, text: str, doc_id: str) -> JsonDoc:
-        doc = super().__new__(cls, text)
-        doc.id = doc_id
-        return doc
+    def __init__(self, parts: tuple[bytes, ...], doc_id: str):
+        self.parts = parts
+        self.id = doc_id
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode("utf-8")
 
 
 _SUSPECT_ESCAPE = re.compile(r"\\u00(?:0[0-8bcef]|1[0-9a-f])|\\[bf]|\\ud[89a-f]")
@@ -129,10 +132,18 @@ def needs_cleaning(json_text: str) -> bool:
 
 
 def _json_body(payload: Any) -> bytes:
-    """UTF-8 JSON of ``payload`` (a list of documents may hold :class:`JsonDoc` texts)."""
+    """UTF-8 JSON of ``payload`` (a list of documents may hold :class:`JsonDoc` parts)."""
     if isinstance(payload, list) and any(isinstance(d, JsonDoc) for d in payload):
-        parts = [d if isinstance(d, JsonDoc) else _json_bytes(d).decode("utf-8") for d in payload]
-        return ("[" + ",".join(parts) + "]").encode("utf-8")
+        parts = [b"["]
+        for number, doc in enumerate(payload):
+            if number:
+                parts.append(b",")
+            if isinstance(doc, JsonDoc):
+                parts.extend(doc.parts)
+            else:
+                parts.append(_json_bytes(doc))
+        parts.append(b"]")
+        return b"".join(parts)
     return _json_bytes(payload)
 
 

@@ -161,3 +161,73 @@ def test_jsonb_order_is_the_same_compiled_or_not():
     assert index.jsonb_order is accelerated.compiled.jsonb_order
     assert json.dumps(ordered) == json.dumps(index._python_jsonb_order(value))
     assert list(ordered) == ["a", "bb", "é", "ccc"]
+
+
+TRICKY_TEXTS = [
+    "plain",
+    'quote " and \\ backslash',
+    "café ü",
+    "tab\tnew\nline",
+    "bell\x07",
+    "\x7f del",
+    "\u2028",
+    "lone \ud800 surrogate",
+    "emoji \U0001f600",
+    "",
+    "\\b not a control",
+    "b\x08f\x0c",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+def test_json_text_is_json_dumps(text):
+    value = {text: [text, {"k": text}, []], "plain": text, "": {}}
+    written, flagged = accelerated.compiled.json_text(value)
+    assert written == json.dumps(value).encode("ascii")
+    # the flag is exact: needs_cleaning may also say yes to an escaped backslash before b or f
+    assert flagged is any(
+        (ord(c) < 0x20 and c not in "\t\n\r") or 0xD800 <= ord(c) <= 0xDFFF or ord(c) > 0xFFFF for c in text
+    )
+    members, suspect = accelerated.compiled.json_members(value)
+    assert b", ".join(members.values()) == json.dumps(value)[1:-1].encode("ascii")
+    assert set(suspect) == ({text, "plain"} if flagged else set())
+
+
+@pytest.mark.parametrize("value", [{"n": 1}, {"b": True}, {"none": None}, {1: "x"}, {"t": ("a",)}, {"f": 1.5}])
+def test_json_writers_hand_other_types_to_json(value):
+    assert accelerated.compiled.json_text(value) is None
+    assert accelerated.compiled.json_members(value) is None
+
+
+def _index_requests(path: Path) -> list[tuple[str, str, dict]]:
+    """(role, id, document as sent) for every document built from ``path``'s activities."""
+    from iati_refresher.solr_client import JsonDoc
+    from iati_refresher.stages import index
+
+    sent = []
+    for occurrence, activity in enumerate(flatten.iter_flat_activities(path)):
+        xml = index.LakeLiteral.of(json.dumps(f"<xml {occurrence}/>"), False)
+        lake = index.LakeLiteral.of(json.dumps({"n": occurrence}), False)
+        built = index.activity_documents(
+            activity,
+            document_id="d",
+            document_hash="h",
+            occurrence=occurrence,
+            iati_xml=xml,
+            iati_json=lake,
+            serialised=True,
+        )
+        for role, doc in built.by_role():
+            text = doc.text() if isinstance(doc, JsonDoc) else json.dumps(doc)
+            sent.append((role, index.doc_id(doc), json.loads(text)))
+    return sent
+
+
+@pytest.mark.parametrize("path", [p for p in CASES if _parses(p)], ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_index_documents_are_the_same_compiled_or_not(path, monkeypatch):
+    from iati_refresher.stages import index
+
+    compiled_requests = _index_requests(path)
+    monkeypatch.setattr(index, "json_members", None)
+    monkeypatch.setattr(index, "json_text", None)
+    assert compiled_requests == _index_requests(path)

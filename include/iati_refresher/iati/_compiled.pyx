@@ -12,7 +12,14 @@ libxml2 that lxml links statically.  It is built against the installed lxml's he
 (``setup.py``) and refuses to load under another lxml or libxml2 version.
 """
 
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport (
+    Py_UCS1,
+    PyUnicode_DATA,
+    PyUnicode_DecodeUTF8,
+    PyUnicode_GET_LENGTH,
+    PyUnicode_KIND,
+    PyUnicode_READ,
+)
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, strcmp, strlen
 
@@ -674,3 +681,148 @@ def jsonb_order(value):
     """``index.jsonb_order``: every dict's keys in PostgreSQL jsonb order (length in UTF-8
     bytes, then bytewise), recursively."""
     return _ordered(value)
+
+
+# ---------------------------------------------------------------------------------------
+# index: the exact text of json.dumps (default separators, ASCII escapes)
+# ---------------------------------------------------------------------------------------
+
+# Deeper values are left to json (the flattened shape is at most three levels deep).
+cdef int MAX_JSON_DEPTH = 64
+
+
+cdef int _put_wide_escape(Buffer* b, unsigned int c) except -1:
+    """A character above ASCII as ``json.dumps`` escapes it; 1 when ``needs_cleaning`` would
+    say yes of it (a surrogate, or a character above U+FFFF written as a pair)."""
+    if c >= 0x10000:
+        c -= 0x10000
+        _put_u(b, 0xd800 | (c >> 10))
+        _put_u(b, 0xdc00 | (c & 0x3ff))
+        return 1
+    _put_u(b, c)
+    return 1 if 0xd800 <= c <= 0xdfff else 0
+
+
+cdef int _put_str(Buffer* b, str text) except -1:
+    """``json.dumps(text)``; 1 when ``needs_cleaning`` would say yes of it, else 0."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    cdef unsigned int kind = PyUnicode_KIND(text)
+    cdef void* data = PyUnicode_DATA(text)
+    cdef const Py_UCS1* narrow = <const Py_UCS1*>data
+    cdef Py_ssize_t i
+    cdef Py_ssize_t start = 0
+    cdef unsigned int c
+    cdef int suspect = 0
+    cdef char plain
+    _put(b, b'"', 1)
+    if kind == 1:
+        for i in range(n):
+            c = narrow[i]
+            if 0x20 <= c < 0x7f and c != 0x22 and c != 0x5c:
+                continue
+            if i > start:
+                _put(b, <const char*>narrow + start, i - start)
+            suspect |= _put_ascii_escape(b, <unsigned char>c) if c < 0x80 else _put_wide_escape(b, c)
+            start = i + 1
+        if n > start:
+            _put(b, <const char*>narrow + start, n - start)
+    else:
+        for i in range(n):
+            c = <unsigned int>PyUnicode_READ(kind, data, i)
+            if 0x20 <= c < 0x7f and c != 0x22 and c != 0x5c:
+                plain = <char>c
+                _put(b, &plain, 1)
+            elif c < 0x80:
+                suspect |= _put_ascii_escape(b, <unsigned char>c)
+            else:
+                suspect |= _put_wide_escape(b, c)
+    _put(b, b'"', 1)
+    return suspect
+
+
+cdef int _put_json(Buffer* b, object value, int depth) except -2:
+    """``json.dumps(value)`` for str / list / dict-with-str-keys values; the ``needs_cleaning``
+    flag (0/1), or -1 for anything else (the caller uses json itself then)."""
+    cdef int suspect = 0
+    cdef int found
+    cdef bint first = True
+    if type(value) is str:
+        return _put_str(b, <str>value)
+    if depth >= MAX_JSON_DEPTH:
+        return -1
+    if type(value) is list:
+        _put(b, b"[", 1)
+        for item in <list>value:
+            if not first:
+                _put(b, b", ", 2)
+            first = False
+            found = _put_json(b, item, depth + 1)
+            if found < 0:
+                return -1
+            suspect |= found
+        _put(b, b"]", 1)
+        return suspect
+    if type(value) is dict:
+        _put(b, b"{", 1)
+        for key, item in (<dict>value).items():
+            if type(key) is not str:
+                return -1
+            if not first:
+                _put(b, b", ", 2)
+            first = False
+            suspect |= _put_str(b, <str>key)
+            _put(b, b": ", 2)
+            found = _put_json(b, item, depth + 1)
+            if found < 0:
+                return -1
+            suspect |= found
+        _put(b, b"}", 1)
+        return suspect
+    return -1
+
+
+def json_members(dict obj):
+    """Each member of ``obj`` as ``json.dumps(obj)`` writes it (``b'"key": value'``, ASCII),
+    and the keys whose member ``needs_cleaning`` would flag: ``(members, suspect keys)``, or
+    ``None`` when a key or value is not a str, list or dict (json must write it then)."""
+    cdef Buffer b
+    cdef dict members = {}
+    cdef list suspects = []
+    cdef int key_suspect
+    cdef int value_suspect
+    b.data = NULL
+    b.length = 0
+    b.capacity = 0
+    try:
+        for key, value in obj.items():
+            if type(key) is not str:
+                return None
+            b.length = 0
+            key_suspect = _put_str(&b, <str>key)
+            _put(&b, b": ", 2)
+            value_suspect = _put_json(&b, value, 0)
+            if value_suspect < 0:
+                return None
+            members[key] = b.data[:b.length]
+            if key_suspect or value_suspect:
+                suspects.append(key)
+        return members, suspects
+    finally:
+        free(b.data)
+
+
+def json_text(value):
+    """``(json.dumps(value).encode("ascii"), whether needs_cleaning would flag it)``, or
+    ``None`` when it holds something other than str, list and dict-with-str-keys."""
+    cdef Buffer b
+    cdef int suspect
+    b.data = NULL
+    b.length = 0
+    b.capacity = 0
+    try:
+        suspect = _put_json(&b, value, 0)
+        if suspect < 0:
+            return None
+        return b.data[:b.length], suspect == 1
+    finally:
+        free(b.data)

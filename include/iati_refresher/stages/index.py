@@ -78,7 +78,7 @@ _JSONB_ORDERS: dict[tuple[str, ...], list[str]] = {}
 _JSONB_ORDERS_MAX = 50_000
 # (activity keys, element) → the keys an exploded document keeps, likewise
 # (kept smaller than the orders: two entries per key set, and a worker's memory is bounded)
-_BASE_KEYS: dict[tuple[tuple[str, ...], str], list[str]] = {}
+_BASE_KEYS: dict[tuple[tuple[str, ...], str], tuple[list[str], frozenset[str]]] = {}
 _BASE_KEYS_MAX = 5_000
 
 
@@ -104,6 +104,11 @@ def _python_jsonb_order(value: Any) -> Any:
 
 #: ``value`` in jsonb key order: the compiled function when built (same result, tests/unit/test_compiled.py)
 jsonb_order: Callable[[Any], Any] = compiled.jsonb_order if compiled is not None else _python_jsonb_order
+#: the compiled JSON writers when built (``None``: json writes every document, see _exploded)
+json_members: Callable[[dict[str, Any]], tuple[dict[str, bytes], list[str]] | None] | None = (
+    compiled.json_members if compiled is not None else None
+)
+json_text: Callable[[Any], tuple[bytes, bool] | None] | None = compiled.json_text if compiled is not None else None
 
 
 def location_latlon(pos: str) -> str | None:
@@ -169,6 +174,18 @@ def explode(activity_doc: Mapping[str, Any], element: str, items: Sequence[Mappi
     return [doc for doc, _text in _exploded(activity_doc, element, items)]
 
 
+def _base_keys(keys: tuple[str, ...], element: str) -> tuple[list[str], frozenset[str]]:
+    """The keys of an activity document that its ``element`` documents keep (and as a set)."""
+    kept = _BASE_KEYS.get((keys, element))
+    if kept is None:
+        prefix = f"{element}_"
+        names = [k for k in keys if not k.startswith(prefix) and k not in LAKE_FIELDS]
+        kept = names, frozenset(names)
+        if len(_BASE_KEYS) < _BASE_KEYS_MAX:
+            _BASE_KEYS[(keys, element)] = kept
+    return kept
+
+
 def _exploded(
     activity_doc: Mapping[str, Any], element: str, items: Sequence[Mapping[str, Any]]
 ) -> Iterator[tuple[dict[str, Any], str | None]]:
@@ -179,13 +196,7 @@ def _exploded(
     when the document can be sent as it is: no top-level ``""`` to drop and nothing to clean
     (:func:`~iati_refresher.solr_client.needs_cleaning`, checked on the shared part once).
     """
-    keys = tuple(activity_doc)
-    kept = _BASE_KEYS.get((keys, element))
-    if kept is None:
-        prefix = f"{element}_"
-        kept = [k for k in keys if not k.startswith(prefix) and k not in LAKE_FIELDS]
-        if len(_BASE_KEYS) < _BASE_KEYS_MAX:
-            _BASE_KEYS[(keys, element)] = kept
+    kept, _ = _base_keys(tuple(activity_doc), element)
     base = {k: activity_doc[k] for k in kept}
     # The base is most of every document's text: serialise and hash it once.  ``json.dumps``
     # of ``{**base, **item}`` is the base's members, ", ", then the item's, as long as no key
@@ -300,6 +311,9 @@ def activity_documents(
         if latlon is not None:
             doc["location_point_latlon"] = latlon
     doc["id"] = solr_activity_id(document_id, identifier, occurrence)
+    members = json_members(doc) if serialised and json_members is not None else None
+    if members is not None:
+        return _serialised_documents(doc, items, members[0], frozenset(members[1]), iati_xml, iati_json)
     exploded = {
         element: [
             _payload(d, text, serialised)
@@ -320,7 +334,11 @@ def activity_documents(
         # the lake texts go into the request as the bundle stored them, never decoded
         spliced = f'{text[:-1]}, "iati_xml": {iati_xml}, "iati_json": {iati_json}}}'
         return ActivityDocuments(
-            JsonDoc(spliced, activity_doc["id"]), exploded["transaction"], exploded["budget"], len(text), lake_chars
+            JsonDoc((spliced.encode("ascii"),), activity_doc["id"]),
+            exploded["transaction"],
+            exploded["budget"],
+            len(text),
+            lake_chars,
         )
     for name, value in (("iati_xml", iati_xml), ("iati_json", iati_json)):
         if value is not None:
@@ -332,8 +350,96 @@ def _payload(doc: dict[str, Any], text: str | None, serialised: bool) -> Any:
     """The document to send: its JSON text when nothing is to be dropped or cleaned (the
     reference dropped top-level ``""`` values after hashing), else the dict."""
     if serialised and text is not None:
-        return JsonDoc(text, doc["id"])
+        return JsonDoc((text.encode("ascii"),), doc["id"])
     return drop_empty(doc)
+
+
+def _serialised_documents(
+    doc: dict[str, Any],
+    items: Mapping[str, list[Any]],
+    members: Mapping[str, bytes],
+    suspect: frozenset[str],
+    iati_xml: str | None,
+    iati_json: str | None,
+) -> ActivityDocuments:
+    """:func:`activity_documents` from the activity's members serialised once (``members``:
+    key → ``b'"key": value'`` exactly as ``json.dumps`` writes it; ``suspect``: the keys
+    whose member needs cleaning).  The activity and each base are joined from them."""
+    keys = tuple(doc)
+    empty = frozenset(k for k, v in doc.items() if v == "")
+    exploded = {
+        element: list(
+            _exploded_parts(
+                doc, keys, element, [i for i in items[element] if isinstance(i, dict)], members, suspect, empty
+            )
+        )
+        for element in EXPLODE_ELEMENTS
+    }
+    kept = [k for k in keys if k not in empty] if empty else keys
+    text = b", ".join([members[k] for k in kept])
+    lake_chars = len(iati_xml or "") + len(iati_json or "")
+    if (
+        isinstance(iati_xml, LakeLiteral)
+        and isinstance(iati_json, LakeLiteral)
+        and suspect.isdisjoint(kept)
+        and not iati_xml.needs_cleaning()
+        and not iati_json.needs_cleaning()
+    ):
+        # the lake texts go into the request as the bundle stored them, never decoded
+        parts = (
+            b"{",
+            text,
+            b', "iati_xml": ',
+            iati_xml.encode("ascii"),
+            b', "iati_json": ',
+            iati_json.encode("ascii"),
+            b"}",
+        )
+        return ActivityDocuments(
+            JsonDoc(parts, doc["id"]), exploded["transaction"], exploded["budget"], len(text) + 2, lake_chars
+        )
+    activity_doc = drop_empty(doc)
+    for name, value in (("iati_xml", iati_xml), ("iati_json", iati_json)):
+        if value is not None:
+            activity_doc[name] = value.text() if isinstance(value, LakeLiteral) else value
+    return ActivityDocuments(activity_doc, exploded["transaction"], exploded["budget"], len(text) + 2, lake_chars)
+
+
+def _exploded_parts(
+    doc: dict[str, Any],
+    keys: tuple[str, ...],
+    element: str,
+    items: Sequence[Mapping[str, Any]],
+    members: Mapping[str, bytes],
+    suspect: frozenset[str],
+    empty: frozenset[str],
+) -> Iterator[Any]:
+    """:func:`_exploded`'s documents (the same ids), ready to send: :class:`JsonDoc` parts
+    sharing the base's bytes where nothing is to be dropped or cleaned, else dicts."""
+    kept, kept_set = _base_keys(keys, element)
+    base_members = b", ".join([members[k] for k in kept])
+    base_hash = hashlib.sha1(b"{" + base_members + b", ")
+    # the activity's id is the base's last member (see activity_documents)
+    sendable = bool(kept) and kept[-1] == "id" and type(doc["id"]) is str
+    sendable = sendable and suspect.isdisjoint(kept) and empty.isdisjoint(kept)
+    opening = b"{" + base_members[: len(base_members) - len(members["id"])] if sendable else b""
+    for index, item in enumerate(items):
+        encoded = json_text(item) if item and kept and kept_set.isdisjoint(item) and json_text is not None else None
+        if encoded is None:
+            whole = {**{k: doc[k] for k in kept}, **item}
+            whole["id"] = hashlib.sha1((json.dumps(whole) + str(index)).encode("utf-8")).hexdigest()
+            yield drop_empty(whole)
+            continue
+        item_text, item_suspect = encoded
+        digest = base_hash.copy()
+        digest.update(item_text[1:] + str(index).encode("ascii"))
+        new_id = digest.hexdigest()
+        if sendable and not item_suspect and "" not in item.values():
+            yield JsonDoc((opening, item_text[1:-1], b', "id": "', new_id.encode("ascii"), b'"}'), new_id)
+        else:
+            whole = {**{k: doc[k] for k in kept}, **item}
+            whole["id"] = new_id
+            yield drop_empty(whole)
 
 
 def doc_id(doc: Any) -> str:

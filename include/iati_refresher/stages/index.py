@@ -340,9 +340,7 @@ def activity_documents(
             len(text),
             lake_chars,
         )
-    for name, value in (("iati_xml", iati_xml), ("iati_json", iati_json)):
-        if value is not None:
-            activity_doc[name] = value.text() if isinstance(value, LakeLiteral) else value
+    _add_lake(activity_doc, iati_xml, iati_json)
     return ActivityDocuments(activity_doc, exploded["transaction"], exploded["budget"], len(text), lake_chars)
 
 
@@ -352,6 +350,13 @@ def _payload(doc: dict[str, Any], text: str | None, serialised: bool) -> Any:
     if serialised and text is not None:
         return JsonDoc((text.encode("ascii"),), doc["id"])
     return drop_empty(doc)
+
+
+def _add_lake(activity_doc: dict[str, Any], iati_xml: str | None, iati_json: str | None) -> None:
+    """Set the lake texts that are given (a bundle literal is decoded)."""
+    for name, value in (("iati_xml", iati_xml), ("iati_json", iati_json)):
+        if value is not None:
+            activity_doc[name] = value.text() if isinstance(value, LakeLiteral) else value
 
 
 def _serialised_documents(
@@ -399,9 +404,7 @@ def _serialised_documents(
             JsonDoc(parts, doc["id"]), exploded["transaction"], exploded["budget"], len(text) + 2, lake_chars
         )
     activity_doc = drop_empty(doc)
-    for name, value in (("iati_xml", iati_xml), ("iati_json", iati_json)):
-        if value is not None:
-            activity_doc[name] = value.text() if isinstance(value, LakeLiteral) else value
+    _add_lake(activity_doc, iati_xml, iati_json)
     return ActivityDocuments(activity_doc, exploded["transaction"], exploded["budget"], len(text) + 2, lake_chars)
 
 
